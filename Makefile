@@ -1,0 +1,34 @@
+# polypseg: `make demo` runs the main job, `make test` the test suite. Both create .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Real data for tests, benchmarks and the demo: ../shared/datasets when present.
+ifneq ($(wildcard ../shared/datasets),)
+export POLYPSEG_DATA ?= $(abspath ../shared/datasets)
+endif
+
+.PHONY: demo test lint browser clean
+
+$(VENV)/.base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(VENV)/bin/polypseg demo
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from polypseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,253 @@
+"""The `polypseg` command: argument parsing only; each subcommand calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from polypseg import __version__
+from polypseg.errors import PolypsegError
+
+
+def _data_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("data", nargs="?", help="dataset folder or name (default: $POLYPSEG_DATA/CVC-ClinicDB)")
+    else:
+        p.add_argument("--data", help="dataset folder or name (default: $POLYPSEG_DATA/CVC-ClinicDB)")
+    p.add_argument("--images", help="explicit images folder (with --masks)")
+    p.add_argument("--masks", help="explicit masks folder (with --images)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(prog="polypseg", description="Find colorectal polyps in colonoscopy frames.")
+    ap.add_argument("--version", action="version", version=f"polypseg {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="check or download datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    chk = dsub.add_parser(
+        "check", help="pair and validate every image/mask", formatter_class=fmt,
+        epilog="example:\n  polypseg data check ../shared/datasets/CVC-ClinicDB --json",
+    )
+    _data_args(chk, positional=True)
+    chk.add_argument("--json", action="store_true", help="print the summary as JSON")
+    chk.add_argument("--strict", action="store_true", help="exit 1 if any problem is found")
+    chk.add_argument("--groups", help="CSV frame,group (video sequence) for datasets without a built-in table")
+    dl = dsub.add_parser(
+        "download", help="download a dataset archive and verify its checksum", formatter_class=fmt,
+        epilog="example:\n  polypseg data download cvc-clinicdb --url https://host/CVC-ClinicDB.zip --sha256 <hex>",
+    )
+    dl.add_argument("name", help="dataset name, e.g. cvc-clinicdb")
+    dl.add_argument("--url", help="archive address (zip)")
+    dl.add_argument("--sha256", help="expected checksum of the archive")
+    dl.add_argument("--dest", help="datasets folder (default: $POLYPSEG_DATA or ~/.cache/polypseg/datasets)")
+
+    tr = sub.add_parser(
+        "train", help="train a model", formatter_class=fmt,
+        epilog="examples:\n  polypseg train --preset fast --out runs/fast\n"
+        "  polypseg train --preset full --set optim.epochs=100 --set data.split_by=kfold --set data.fold=2\n"
+        "  polypseg train --resume runs/fast\n"
+        "  torchrun --nproc_per_node=2 -m polypseg train --preset full",
+    )
+    _data_args(tr)
+    tr.add_argument("--config", help="YAML config file")
+    tr.add_argument("--preset", choices=["fast", "full"], help="fast: CPU-friendly; full: GPU, width 32, 288x384")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. optim.lr=1e-3 (repeatable)")
+    tr.add_argument("--out", help="run folder (default: runs/<preset or train>)")
+    tr.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly")
+    tr.add_argument("--cache-dir", help="decoded-data cache (default: ~/.cache/polypseg)")
+    tr.add_argument("--no-progress", action="store_true")
+
+    ev = sub.add_parser(
+        "evaluate", help="full metric set, detection, frame classification, HTML report", formatter_class=fmt,
+        epilog="example:\n  polypseg evaluate --checkpoint runs/full/best.pt --data ../shared/datasets/PolypGen-val --out eval/",
+    )
+    ev.add_argument("--checkpoint", help="model (.pt, .safetensors; default: the bundled model)")
+    _data_args(ev)
+    ev.add_argument("--split", default="test", help="test (the checkpoint's held-out frames) | all | a split.json")
+    ev.add_argument("--out", default="eval", help="output folder")
+    ev.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's)")
+    ev.add_argument("--mode", choices=["accurate", "fast"], default="accurate")
+    ev.add_argument("--prune", type=int, help="fast mode: head 1..4 (default 4)")
+    ev.add_argument("--tta", action="store_true", help="average with flipped inputs")
+    ev.add_argument("--min-area", type=int, default=50, help="smallest predicted component counted as a detection (px)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--overwrite", action="store_true", help="allow writing into an existing output folder")
+
+    pr = sub.add_parser(
+        "predict", help="masks, overlays and polyp boxes for images, folders and videos", formatter_class=fmt,
+        epilog="example:\n  polypseg predict frames/ procedure.mp4 --out predictions/",
+    )
+    pr.add_argument("inputs", nargs="+", help="image files, folders, globs or videos")
+    pr.add_argument("--checkpoint", help="model (.pt, .safetensors, .onnx; default: the bundled model)")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--threshold", type=float)
+    pr.add_argument("--tta", action="store_true")
+    pr.add_argument("--mode", choices=["accurate", "fast"], default="accurate")
+    pr.add_argument("--prune", type=int)
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--min-area", type=int, default=50)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--overwrite", action="store_true")
+
+    ex = sub.add_parser(
+        "export", help="export to ONNX with a parity check", formatter_class=fmt,
+        epilog="example:\n  polypseg export --checkpoint runs/full/best.pt --format onnx --out model.onnx --prune 2",
+    )
+    ex.add_argument("--checkpoint")
+    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--prune", type=int)
+    ex.add_argument("--dynamic-batch", action="store_true")
+    ex.add_argument("--data", help="frames for the parity check (default: the default dataset)")
+    ex.add_argument("--quantize", choices=["none", "int8"], default="none", help="also write an int8 model")
+
+    be = sub.add_parser(
+        "benchmark", help="latency and throughput table (PyTorch and ONNX Runtime)", formatter_class=fmt,
+        epilog="example:\n  polypseg benchmark --device cpu --json bench.json",
+    )
+    be.add_argument("--checkpoint")
+    be.add_argument("--device", default="auto")
+    be.add_argument("--height", type=int, default=288)
+    be.add_argument("--width", type=int, default=384)
+    be.add_argument("--iters", type=int, default=20)
+    be.add_argument("--json", help="write results here")
+    be.add_argument("--no-onnx", action="store_true")
+
+    sv = sub.add_parser(
+        "serve", help="REST API and web page", formatter_class=fmt,
+        epilog="example:\n  polypseg serve --port 8000   # then open http://127.0.0.1:8000/",
+    )
+    sv.add_argument("--checkpoint")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--device", default="auto")
+    return ap
+
+
+def _cmd_data_check(a) -> int:
+    from polypseg.data.layouts import discover
+    from polypseg.data.splits import load_groups
+    from polypseg.data.validate import validate
+
+    ds = discover(a.data, a.images, a.masks)
+    v = validate(ds)
+    summary = v.summary()
+    ds.pairs = v.good
+    groups, source = load_groups(ds, a.groups)
+    summary["groups"] = len(set(groups))
+    summary["groups_source"] = source
+    if a.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"{summary['root']}  (layout: {summary['layout']})")
+        print(f"  pairs:      {summary['pairs']}")
+        print(f"  negatives:  {summary['negatives']} (empty masks)")
+        sizes = ", ".join(f"{k} ({n})" for k, n in list(summary["image_sizes"].items())[:6])
+        more = len(summary["image_sizes"]) - 6
+        print(f"  sizes:      {sizes}{f', +{more} more' if more > 0 else ''}")
+        print(f"  groups:     {summary['groups']} ({source})")
+        print(f"  problems:   {summary['errors']} errors, {summary['warnings']} warnings")
+        for p in summary["problems"]:
+            print(f"    {p['severity']}: {p['file']}: {p['problem']}")
+    return 1 if a.strict and summary["problems"] else 0
+
+
+def _cmd_data_download(a) -> int:
+    from pathlib import Path
+
+    from polypseg.data.download import download
+    from polypseg.data.layouts import data_home
+
+    path = download(a.name, Path(a.dest) if a.dest else data_home(), url=a.url, sha256=a.sha256)
+    print(f"downloaded {a.name} to {path}")
+    return 0
+
+
+def _cmd_train(a) -> int:
+    from polypseg.config import load_config
+    from polypseg.train import train
+
+    if a.resume:
+        if a.config or a.preset or a.overrides:
+            raise PolypsegError("--resume continues with the run's own config; drop --config/--preset/--set")
+        train(resume=a.resume, data=a.data, images=a.images, masks=a.masks, cache_dir=a.cache_dir, progress=not a.no_progress)
+        return 0
+    cfg = load_config(a.config, a.preset, a.overrides)
+    train(cfg, out=a.out or f"runs/{a.preset or 'train'}", data=a.data, images=a.images, masks=a.masks,
+          cache_dir=a.cache_dir, progress=not a.no_progress)
+    return 0
+
+
+def _cmd_evaluate(a) -> int:
+    from polypseg.evaluate import evaluate
+
+    evaluate(checkpoint=a.checkpoint, data=a.data, images=a.images, masks=a.masks, split=a.split, out=a.out,
+             threshold=a.threshold, prune=(a.prune or 4) if a.mode == "fast" else a.prune, tta=a.tta,
+             min_area=a.min_area, device=a.device, batch_size=a.batch_size, overwrite=a.overwrite)
+    return 0
+
+
+def _cmd_predict(a) -> int:
+    from polypseg.predict import predict_paths
+
+    ok = predict_paths(a.inputs, out=a.out, checkpoint=a.checkpoint, threshold=a.threshold, tta=a.tta,
+                       prune=(a.prune or 4) if a.mode == "fast" else a.prune, batch_size=a.batch_size,
+                       min_area=a.min_area, device=a.device, overwrite=a.overwrite)
+    return 0 if ok else 1
+
+
+def _cmd_export(a) -> int:
+    from polypseg.export import export_onnx
+
+    export_onnx(checkpoint=a.checkpoint, out=a.out, prune=a.prune, dynamic_batch=a.dynamic_batch, data=a.data,
+                quantize=a.quantize)
+    return 0
+
+
+def _cmd_benchmark(a) -> int:
+    from polypseg.bench import run_benchmark
+
+    run_benchmark(checkpoint=a.checkpoint, device=a.device, height=a.height, width=a.width, iters=a.iters,
+                  json_path=a.json, onnx=not a.no_onnx)
+    return 0
+
+
+def _cmd_serve(a) -> int:
+    from polypseg.serve.app import run
+
+    run(checkpoint=a.checkpoint, host=a.host, port=a.port, device=a.device)
+    return 0
+
+
+COMMANDS = {
+    ("data", "check"): _cmd_data_check,
+    ("data", "download"): _cmd_data_download,
+    ("train", None): _cmd_train,
+    ("evaluate", None): _cmd_evaluate,
+    ("predict", None): _cmd_predict,
+    ("export", None): _cmd_export,
+    ("benchmark", None): _cmd_benchmark,
+    ("serve", None): _cmd_serve,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = COMMANDS[(args.command, getattr(args, "data_command", None))]
+    try:
+        return handler(args)
+    except PolypsegError as e:
+        print(f"polypseg: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("polypseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Training configuration: one dataclass per concern, YAML presets, `--set key=value` overrides.
+
+Unknown keys are rejected by name and values are checked against the field types, so a typo in a
+config never trains silently with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from polypseg.errors import PolypsegError
+
+
+@dataclass
+class DataConfig:
+    height: int = 288  # network input; CVC-ClinicDB frames are 288x384
+    width: int = 384
+    split_by: str = "group"  # group (sequence holdout) | kfold (grouped k-fold) | frame (random, leaky)
+    val_fraction: float = 0.2
+    folds: int = 5
+    fold: int = 0
+    groups: str | None = None  # CSV frame,group for datasets without a built-in table
+    split: str | None = None  # a split.json to reproduce instead of making one
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unetpp"  # unetpp | unet
+    width: int = 32
+    deep_supervision: bool = True
+
+
+@dataclass
+class AugmentConfig:
+    backend: str = "torch"  # torch (one fused affine warp) | kornia (AugmentationSequential)
+    flip: float = 0.5  # probability of each of the horizontal and vertical flips
+    rot90: bool = True
+    scale: float = 0.2  # zoom in 1 +- scale
+    rotate: float = 30.0  # degrees
+    shift: float = 0.1  # fraction of the size
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.03  # fraction of a full turn
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 300
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 5
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    head_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True
+    compile: bool = False
+    ema: float = 0.0  # EMA decay of the weights used for validation and best.pt (0 = off)
+    val_every: int = 1
+    time_limit_s: float = 0.0  # stop after this many seconds of training (0 = no limit)
+    early_stop: int = 0  # stop after this many validations without improvement (0 = off)
+    threshold: float = 0.5
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+PRESETS = ("fast", "full")
+
+
+def _coerce(value, tp, key: str):
+    """Check/convert `value` to the annotated type `tp` (str from --set is parsed as YAML first)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise PolypsegError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, typing.get_args(tp)[0], key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise PolypsegError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise PolypsegError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise PolypsegError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise PolypsegError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _merge(obj, updates: dict, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        full = prefix + key
+        if key not in names:
+            raise PolypsegError(f"unknown config key {full!r}; known here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise PolypsegError(f"{full}: expected a mapping")
+            _merge(current, value, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def _nest(key: str, value) -> dict:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(
+    path: str | os.PathLike | None = None, preset: str | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """Defaults <- preset <- YAML file <- `key=value` overrides."""
+    cfg = TrainConfig()
+    if preset:
+        if preset not in PRESETS:
+            raise PolypsegError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        text = resources.files("polypseg.configs").joinpath(f"{preset}.yaml").read_text()
+        _merge(cfg, yaml.safe_load(text) or {})
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise PolypsegError(f"cannot read config {path}: {e}") from None
+        if not isinstance(data, dict):
+            raise PolypsegError(f"{path}: a config is a mapping of keys to values")
+        _merge(cfg, data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise PolypsegError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        _merge(cfg, _nest(key.strip(), value))
+    return cfg
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    cfg = TrainConfig()
+    _merge(cfg, d)
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    os.replace(tmp, path)

@@ -1,0 +1,178 @@
+"""Frame groups (video sequences) and leak-free, reproducible splits.
+
+Frames of one sequence show the same polyp from nearly the same view; a split that puts one
+sequence on both sides leaks test polyps into training. Group splits are the default.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from polypseg.data.layouts import Dataset
+from polypseg.errors import PolypsegError
+
+METHODS = ("group", "frame", "kfold")
+
+
+def _read_group_csv(lines) -> dict[str, str]:
+    rows = list(csv.reader(lines))
+    if not rows:
+        return {}
+    start = 1 if not rows[0][0].strip().isdigit() and len(rows) > 1 else 0
+    out = {}
+    for row in rows[start:]:
+        if len(row) >= 2 and row[0].strip():
+            out[Path(row[0].strip()).stem] = row[1].strip()
+    return out
+
+
+def cvc_clinicdb_groups() -> dict[str, str]:
+    """Frame -> sequence of CVC-ClinicDB (29 sequences), as published with the database."""
+    text = resources.files("polypseg.data").joinpath("cvc_clinicdb_sequences.csv").read_text()
+    return _read_group_csv(text.splitlines())
+
+
+def load_groups(dataset: Dataset, groups_csv: str | os.PathLike | None = None) -> tuple[list[str], str]:
+    """Return one group id per pair and a sentence saying where they came from."""
+    names = dataset.names
+    if groups_csv:
+        path = Path(groups_csv)
+        if not path.is_file():
+            raise PolypsegError(f"groups file not found: {path}")
+        table = _read_group_csv(path.read_text().splitlines())
+        missing = [n for n in names if n not in table]
+        if missing:
+            raise PolypsegError(f"{path}: no group for {len(missing)} frames, e.g. {missing[0]!r}")
+        return [table[n] for n in names], f"groups from {path}"
+    if dataset.layout == "cvc-clinicdb":
+        table = cvc_clinicdb_groups()
+        if all(n in table for n in names):
+            return [table[n] for n in names], "CVC-ClinicDB sequences (built-in table, 29 sequences)"
+    return list(names), "no groups given: each frame is its own group (pass --groups CSV for video sequences)"
+
+
+@dataclass
+class Split:
+    method: str
+    seed: int
+    train: list[str]
+    val: list[str]
+    fold: int | None = None
+    folds: int | None = None
+    val_groups: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Split:
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise PolypsegError(f"not a polypseg split: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Split:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise PolypsegError(f"cannot read split {path}: {e}") from None
+
+    def indices(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of the train and val frames in `names`; every split name must be present."""
+        pos = {n: i for i, n in enumerate(names)}
+        missing = [n for n in self.train + self.val if n not in pos]
+        if missing:
+            raise PolypsegError(f"split names {len(missing)} frames not in the data, e.g. {missing[0]!r}")
+        return np.array([pos[n] for n in self.train], dtype=np.int64), np.array(
+            [pos[n] for n in self.val], dtype=np.int64
+        )
+
+
+def kfold_assign(names: list[str], groups: list[str], folds: int, seed: int) -> dict[str, int]:
+    """Assign whole groups to `folds` folds, balancing frame counts (largest groups first)."""
+    uniq, counts = np.unique(np.asarray(groups), return_counts=True)
+    if len(uniq) < folds:
+        raise PolypsegError(f"{len(uniq)} groups cannot make {folds} folds")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    order = order[np.argsort(-counts[order], kind="stable")]
+    load = np.zeros(folds, dtype=np.int64)
+    fold_of = {}
+    for i in order:
+        f = int(np.argmin(load + rng.random(folds) * 1e-3))  # ties broken at random, reproducibly
+        fold_of[str(uniq[i])] = f
+        load[f] += counts[i]
+    return fold_of
+
+
+def make_split(
+    names: list[str],
+    groups: list[str],
+    method: str = "group",
+    val_fraction: float = 0.2,
+    folds: int = 5,
+    fold: int = 0,
+    seed: int = 0,
+) -> Split:
+    """Grouped holdout ("group"), grouped k-fold ("kfold", fold `fold` of `folds` is val) or random ("frame")."""
+    if method not in METHODS:
+        raise PolypsegError(f"unknown split method {method!r}; choose from {', '.join(METHODS)}")
+    if len(names) != len(groups):
+        raise ValueError("one group per name")
+    rng = np.random.default_rng(seed)
+    garr = np.asarray(groups)
+    if method == "frame":
+        perm = rng.permutation(len(names))
+        n_val = max(1, round(val_fraction * len(names)))
+        val_idx = set(perm[:n_val].tolist())
+        val_groups: list[str] = []
+    elif method == "kfold":
+        if not 0 <= fold < folds:
+            raise PolypsegError(f"fold must be in 0..{folds - 1}")
+        fold_of = kfold_assign(names, groups, folds, seed)
+        val_groups = sorted(g for g, f in fold_of.items() if f == fold)
+        val_idx = set(np.flatnonzero(np.isin(garr, val_groups)).tolist())
+    else:
+        uniq = np.unique(garr)
+        target = val_fraction * len(names)
+        val_groups, count = [], 0
+        for g in rng.permutation(uniq):
+            if count >= target:
+                break
+            val_groups.append(str(g))
+            count += int((garr == g).sum())
+        val_groups.sort()
+        val_idx = set(np.flatnonzero(np.isin(garr, val_groups)).tolist())
+    train = [n for i, n in enumerate(names) if i not in val_idx]
+    val = [n for i, n in enumerate(names) if i in val_idx]
+    if not train or not val:
+        raise PolypsegError("split leaves one side empty; use more data or another val fraction")
+    return Split(
+        method, seed, train, val,
+        fold=fold if method == "kfold" else None,
+        folds=folds if method == "kfold" else None,
+        val_groups=val_groups,
+    )
+
+
+def check_no_leak(split: Split, names: list[str], groups: list[str]) -> None:
+    """Raise if a group appears on both sides (a frame split is allowed to, by design)."""
+    if split.method == "frame":
+        return
+    g = dict(zip(names, groups))
+    both = {g[n] for n in split.train} & {g[n] for n in split.val}
+    if both:
+        raise PolypsegError(f"split leaks groups across train and val: {sorted(both)[:5]}")

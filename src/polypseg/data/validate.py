@@ -1,0 +1,114 @@
+"""Validate every image/mask pair before anything trains on it.
+
+Errors (the pair is left out): undecodable or truncated files, image/mask size mismatch.
+Warnings (the pair is kept, converted): RGBA or 16-bit images, masks with colour or many grey levels.
+Empty masks are not problems: they are negative frames, counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from polypseg.data.layouts import Dataset, Pair
+from polypseg.imageio import truncation_problem
+
+
+@dataclass
+class PairReport:
+    pair: Pair
+    size: tuple[int, int] | None = None  # (height, width)
+    negative: bool = False
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Validation:
+    dataset: Dataset
+    reports: list[PairReport]
+
+    @property
+    def good(self) -> list[Pair]:
+        return [r.pair for r in self.reports if not r.errors]
+
+    @property
+    def problems(self) -> list[tuple[str, str, str]]:
+        """(severity, file, message) for every problem, pairing problems first."""
+        out = [("error", f, m) for f, m in self.dataset.problems]
+        for r in self.reports:
+            out += [("error", str(r.pair.image), m) for m in r.errors]
+            out += [("warning", str(r.pair.image), m) for m in r.warnings]
+        return out
+
+    def summary(self) -> dict:
+        good = [r for r in self.reports if not r.errors]
+        sizes = Counter(f"{w}x{h}" for r in good for (h, w) in [r.size])
+        return {
+            "root": str(self.dataset.root),
+            "layout": self.dataset.layout,
+            "pairs": len(good),
+            "negatives": sum(r.negative for r in good),
+            "image_sizes": dict(sizes.most_common()),
+            "errors": sum(1 for s, _, _ in self.problems if s == "error"),
+            "warnings": sum(1 for s, _, _ in self.problems if s == "warning"),
+            "problems": [{"severity": s, "file": f, "problem": m} for s, f, m in self.problems],
+        }
+
+
+def _read(path) -> tuple[np.ndarray | None, str | None]:
+    trunc = truncation_problem(path)
+    if trunc:
+        return None, trunc
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return None, "cannot decode (corrupt or unsupported file)"
+    return img, None
+
+
+def check_pair(pair: Pair) -> PairReport:
+    rep = PairReport(pair)
+    img, err = _read(pair.image)
+    if err:
+        rep.errors.append(f"image: {err}")
+    mask, err = _read(pair.mask)
+    if err:
+        rep.errors.append(f"mask {pair.mask.name}: {err}")
+    if img is None or mask is None:
+        return rep
+    rep.size = img.shape[:2]
+    if img.dtype == np.uint16:
+        rep.warnings.append("16-bit image (converted to 8-bit)")
+    elif img.dtype != np.uint8:
+        rep.errors.append(f"unsupported pixel type {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 4:
+        rep.warnings.append("RGBA image (alpha channel dropped)")
+    if mask.shape[:2] != img.shape[:2]:
+        h, w = img.shape[:2]
+        mh, mw = mask.shape[:2]
+        rep.errors.append(f"mask {pair.mask.name} is {mw}x{mh} but image is {w}x{h}")
+        return rep
+    if mask.dtype == np.uint16:
+        mask = (mask / 257).astype(np.uint8)
+    if mask.ndim == 3:
+        m3 = mask[:, :, :3].astype(np.int16)
+        if np.abs(m3 - m3.mean(axis=2, keepdims=True)).max() > 40:
+            rep.warnings.append(f"mask {pair.mask.name} has colour (binarised on its brightest channel)")
+        mask = mask[:, :, :3].max(axis=2)
+    binary = mask > 127
+    rep.negative = not binary.any()
+    # Anti-aliased edges are normal; a mask whose mid-grey pixels are a large share is probably not a mask.
+    mid = np.count_nonzero((mask > 32) & (mask < 224))
+    if mid > 0.2 * max(1, np.count_nonzero(binary)) and mid > 1000:
+        rep.warnings.append(f"mask {pair.mask.name} has many grey levels (binarised at > 127)")
+    return rep
+
+
+def validate(dataset: Dataset, workers: int = 4) -> Validation:
+    with ThreadPoolExecutor(workers) as pool:
+        reports = list(pool.map(check_pair, dataset.pairs))
+    return Validation(dataset, reports)

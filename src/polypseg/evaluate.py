@@ -1,0 +1,276 @@
+"""`polypseg evaluate`: the field's metric set at each frame's original resolution.
+
+Per image (threshold 0.5 unless told): Dice, IoU, precision, recall, specificity, HD95 (pixels);
+threshold-free: MAE, S-measure, weighted F-measure, mean/max E-measure (pysodmetrics, the reference
+implementation of the MATLAB toolbox PraNet-family papers use), and mDice/mIoU over 256 thresholds.
+Frames with an empty ground truth are left out of the segmentation means and reported on their own.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage, stats
+
+from polypseg import detection
+from polypseg.data.cache import fingerprint
+from polypseg.data.layouts import discover
+from polypseg.data.splits import Split
+from polypseg.data.validate import validate
+from polypseg.errors import PolypsegError
+from polypseg.imageio import read_mask, read_rgb
+from polypseg.metrics import threshold_sweep
+from polypseg.predict import Predictor, bundled_checkpoint
+
+SEG_KEYS = ["dice", "iou", "precision", "recall", "specificity", "mae", "s_measure", "wf_measure",
+            "mean_e_measure", "max_e_measure", "mdice", "miou", "hd95"]
+
+
+def hd95(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Symmetric 95th-percentile Hausdorff distance between mask boundaries, in pixels (nan if one is empty)."""
+    if not pred.any() or not gt.any():
+        return float("nan")
+    pb = pred ^ ndimage.binary_erosion(pred)
+    gb = gt ^ ndimage.binary_erosion(gt)
+    d_to_g = ndimage.distance_transform_edt(~gb)
+    d_to_p = ndimage.distance_transform_edt(~pb)
+    return float(np.percentile(np.concatenate([d_to_g[pb], d_to_p[gb]]), 95))
+
+
+def saliency_metrics(prob: np.ndarray, gt: np.ndarray) -> dict:
+    """MAE, S-measure, weighted F-measure and E-measure of one frame via pysodmetrics."""
+    import py_sod_metrics as sod
+
+    pred8 = np.clip(np.round(prob * 255), 0, 255).astype(np.uint8)
+    gt8 = gt.astype(np.uint8) * 255
+    mae, sm, wfm, em = sod.MAE(), sod.Smeasure(), sod.WeightedFmeasure(), sod.Emeasure()
+    for m in (mae, sm, wfm, em):
+        m.step(pred=pred8, gt=gt8)
+    curve = np.asarray(em.changeable_ems[-1], dtype=np.float64)
+    return {"mae": float(mae.maes[-1]), "s_measure": float(sm.sms[-1]), "wf_measure": float(wfm.weighted_fms[-1]),
+            "mean_e_measure": float(curve.mean()), "max_e_measure": float(curve.max())}
+
+
+def frame_metrics(prob: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> tuple[dict, dict]:
+    """All per-image metrics for a probability map and a bool truth of the same (original) size.
+
+    Returns (metrics, sweep) where sweep holds the per-threshold Dice/IoU curves.
+    """
+    pred = prob > threshold
+    tp = float(np.count_nonzero(pred & gt))
+    fp = float(np.count_nonzero(pred & ~gt))
+    fn = float(np.count_nonzero(~pred & gt))
+    tn = float(pred.size) - tp - fp - fn
+    div = lambda a, b: a / b if b > 0 else 0.0  # noqa: E731
+    sweep = threshold_sweep(prob, gt)
+    m = {"dice": div(2 * tp, 2 * tp + fp + fn), "iou": div(tp, tp + fp + fn), "precision": div(tp, tp + fp),
+         "recall": div(tp, tp + fn), "specificity": div(tn, tn + fp), "mdice": float(sweep["dice"].mean()),
+         "miou": float(sweep["iou"].mean()), "hd95": hd95(pred, gt), "fp_pixels": int(fp)}
+    m.update(saliency_metrics(prob, gt))
+    return m, sweep
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties)."""
+    pos, neg = labels.sum(), (~labels).sum()
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = stats.rankdata(scores)
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def _choose_pairs(pairs, split: str, predictor: Predictor):
+    """Resolve --split into (pairs, description)."""
+    if split == "all":
+        return pairs, "all frames"
+    if split == "test":
+        ck_split = predictor.meta.get("split")
+        ds = predictor.meta.get("dataset") or {}
+        if ck_split and ds.get("fingerprint") == fingerprint(pairs, (predictor.height, predictor.width)):
+            if not ck_split.get("val"):
+                raise PolypsegError("this checkpoint was trained on every frame of this data; "
+                                    "use other data or --split all (optimistic)")
+            s = Split.from_dict(ck_split)
+            names = set(s.val)
+            return [p for p in pairs if p.name in names], f"held-out frames of the checkpoint's split ({s.method})"
+        return pairs, "all frames (the checkpoint was not trained on this data)"
+    s = Split.load(split)
+    names = set(s.val)
+    chosen = [p for p in pairs if p.name in names]
+    if not chosen:
+        raise PolypsegError(f"{split}: none of its val frames are in this data")
+    return chosen, f"val frames of {split}"
+
+
+def _thumb(rgb: np.ndarray, width: int = 320) -> np.ndarray:
+    h = max(1, round(rgb.shape[0] * width / rgb.shape[1]))
+    return cv2.resize(rgb, (width, h), interpolation=cv2.INTER_AREA)
+
+
+def _nanmean(vals) -> float:
+    arr = np.asarray([v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))], dtype=float)
+    return float(arr.mean()) if len(arr) else float("nan")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def evaluate(checkpoint: str | None = None, data=None, images=None, masks=None, split: str = "test",
+             out: str = "eval", threshold: float | None = None, prune: int | None = None, tta: bool = False,
+             min_area: int = 50, device: str = "auto", batch_size: int = 8, overwrite: bool = False,
+             progress: bool = True, quiet: bool = False) -> dict:
+    """Evaluate a checkpoint on a dataset; write metrics.json, per_image.csv and report.html to `out`."""
+    from polypseg.predict import overlay
+
+    ckpt_path = Path(checkpoint) if checkpoint else bundled_checkpoint()
+    out_dir = Path(out)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise PolypsegError(f"{out_dir} exists and is not empty; pass --overwrite to replace its contents")
+    predictor = Predictor.from_checkpoint(ckpt_path, device=device, prune=prune, threshold=threshold, tta=tta,
+                                          min_area=min_area)
+    dataset = discover(data, images, masks)
+    dataset_root = dataset.root.resolve()
+    if out_dir.resolve() == dataset_root or dataset_root in out_dir.resolve().parents:
+        raise PolypsegError("--out must not be inside the data folder")
+    checked = validate(dataset)
+    pairs = checked.good
+    if not pairs:
+        raise PolypsegError(f"{dataset.root}: no usable image/mask pairs")
+    chosen, split_desc = _choose_pairs(pairs, split, predictor)
+    thr = predictor.threshold
+
+    rows, sweeps, det_counts, thumbs = [], [], [], []
+    pooled_pos = np.zeros(256, np.int64)
+    pooled_neg = np.zeros(256, np.int64)
+    resized = 0
+    it = range(0, len(chosen), batch_size)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(chosen), unit="img", desc="evaluating", leave=False, file=sys.stderr)
+    for i in it:
+        group = chosen[i : i + batch_size]
+        frames = [read_rgb(p.image) for p in group]
+        preds = predictor.predict_batch(frames, [str(p.image) for p in group])
+        for pair, rgb, pred in zip(group, frames, preds):
+            gt = read_mask(pair.mask)
+            prob = pred.probability
+            resized += rgb.shape[:2] != (predictor.height, predictor.width)
+            q = np.clip(np.round(prob * 255), 0, 255).astype(np.int64)
+            pooled_pos += np.bincount(q[gt], minlength=256)
+            pooled_neg += np.bincount(q[~gt], minlength=256)
+            counts = detection.match(pred.mask, gt, min_area)
+            det_counts.append(counts)
+            row = {"name": pair.name, "file": str(pair.image), "width": rgb.shape[1], "height": rgb.shape[0],
+                   "negative": not gt.any(), "polyp_present_score": pred.polyp_present_score,
+                   "det_tp": counts.tp, "det_fp": counts.fp, "det_fn": counts.fn}
+            if gt.any():
+                m, sweep = frame_metrics(prob, gt, thr)
+                row.update(m)
+                sweeps.append(sweep)
+            else:
+                row["fp_pixels"] = int(pred.mask.sum())
+            rows.append(row)
+            thumbs.append((_thumb(rgb), _thumb(np.repeat(gt[:, :, None].astype(np.uint8) * 255, 3, 2)),
+                           _thumb(overlay(rgb, pred))))
+        if bar:
+            bar.update(len(group))
+    if bar:
+        bar.close()
+
+    pos_rows = [r for r in rows if not r["negative"]]
+    neg_rows = [r for r in rows if r["negative"]]
+    seg = {k: _nanmean(r[k] for r in pos_rows) for k in SEG_KEYS}
+    seg["dice_std"] = float(np.std([r["dice"] for r in pos_rows])) if pos_rows else float("nan")
+    seg["hd95_undefined_frames"] = sum(1 for r in pos_rows if math.isnan(r["hd95"]))
+    det = detection.summarize(det_counts)
+    labels = np.array([not r["negative"] for r in rows])
+    scores = np.array([r["polyp_present_score"] for r in rows])
+    called = np.array([r["det_tp"] + r["det_fp"] > 0 for r in rows])
+    cls = {"score": "max pixel probability in the frame", "positive_call": "at least one detected polyp component",
+           "auroc": auroc(scores, labels),
+           "sensitivity": float(called[labels].mean()) if labels.any() else float("nan"),
+           "specificity": float((~called[~labels]).mean()) if (~labels).any() else float("nan"),
+           "positives": int(labels.sum()), "negatives": int((~labels).sum())}
+    negatives = {"frames": len(neg_rows), "frames_with_false_positive": sum(1 for r in neg_rows if r["det_fp"] > 0),
+                 "mean_fp_pixels": _nanmean(r["fp_pixels"] for r in neg_rows) if neg_rows else float("nan")}
+    dice_curve = np.mean([s["dice"] for s in sweeps], axis=0) if sweeps else np.zeros(256)
+    tp_c = pooled_pos[::-1].cumsum()[::-1].astype(float)
+    fp_c = pooled_neg[::-1].cumsum()[::-1].astype(float)
+    pr_prec = np.where(tp_c + fp_c > 0, tp_c / np.maximum(tp_c + fp_c, 1), 1.0)
+    pr_rec = tp_c / max(1.0, float(pooled_pos.sum()))
+
+    metrics = {
+        "checkpoint": str(ckpt_path), "checkpoint_sha256": sha256_file(ckpt_path),
+        "model": predictor.meta.get("arch"), "prune": prune, "tta": tta,
+        "data": str(dataset.root), "dataset_fingerprint": fingerprint(chosen), "split": split_desc,
+        "frames": len(rows), "polyp_frames": len(pos_rows), "threshold": thr, "min_area": min_area,
+        "network_input": [predictor.height, predictor.width],
+        "resize_note": f"{resized} of {len(rows)} frames were resized to the network's "
+                       f"{predictor.width}x{predictor.height} and their probabilities resized back; "
+                       "metrics are at each frame's original resolution",
+        "segmentation": seg, "detection": det, "classification": cls, "negatives": negatives,
+        "device": predictor.device_name(),
+    }
+
+    # Write everything into a temp folder, then move it into place: no half-written reports.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with open(tmp / "per_image.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fields)
+            w.writeheader()
+            w.writerows(rows)
+        from polypseg.report import write_report
+
+        write_report(tmp / "report.html", metrics, rows, thumbs, dice_curve, (pr_rec, pr_prec))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not quiet:
+        print(format_table(metrics))
+        print(f"report: {out_dir / 'report.html'}")
+    return metrics
+
+
+def format_table(m: dict) -> str:
+    s, d, c = m["segmentation"], m["detection"], m["classification"]
+    f = lambda v: "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+    lines = [
+        f"{m['data']}: {m['frames']} frames ({m['polyp_frames']} with polyps), {m['split']}; threshold {m['threshold']}",
+        "segmentation (frames with a polyp, mean per image)",
+        f"  Dice@{m['threshold']:<5} {f(s['dice'])}   IoU@{m['threshold']:<5} {f(s['iou'])}   "
+        f"mDice(256 thr) {f(s['mdice'])}   mIoU(256 thr) {f(s['miou'])}",
+        f"  precision   {f(s['precision'])}   recall      {f(s['recall'])}   specificity    {f(s['specificity'])}",
+        f"  S-measure   {f(s['s_measure'])}   wF-measure  {f(s['wf_measure'])}   mean E-measure {f(s['mean_e_measure'])}"
+        f"   max E-measure {f(s['max_e_measure'])}",
+        f"  MAE         {f(s['mae'])}   HD95 (px)   {s['hd95']:.1f}",
+        "detection per polyp (centroid rule)",
+        f"  recall      {f(d['recall'])}   precision   {f(d['precision'])}   F1 {f(d['f1'])}   "
+        f"FP/frame {f(d['fp_per_frame'])}",
+    ]
+    if c["negatives"]:
+        lines.append(f"frame classification ({c['positives']} positive, {c['negatives']} negative frames)")
+        lines.append(f"  AUROC       {f(c['auroc'])}   sensitivity {f(c['sensitivity'])}   specificity {f(c['specificity'])}")
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""Building blocks shared by UNet++ and U-Net."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Inputs are RGB in 0..255; the network normalises inside itself so that every caller
+# (training, prediction, ONNX, the web service) feeds the same thing.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VGGBlock(nn.Sequential):
+    """(conv3x3 -> norm -> act) x 2, as in the UNet++ paper's nodes."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        act_layer: type[nn.Module] = nn.ReLU,
+    ):
+        super().__init__(
+            nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False),
+            norm_layer(mid_channels),
+            act_layer(inplace=True),
+            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
+            norm_layer(out_channels),
+            act_layer(inplace=True),
+        )
+
+
+class Normalize(nn.Module):
+    """(B, 3, H, W) RGB in 0..255 (any dtype) -> float, ImageNet-normalised."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(self.mean.dtype) - self.mean) / self.std
+
+
+def filters(width: int) -> list[int]:
+    return [width, width * 2, width * 4, width * 8, width * 16]

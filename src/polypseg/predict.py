@@ -1,0 +1,343 @@
+"""Inference: the `Predictor` API and `polypseg predict` over images, folders, globs and videos.
+
+Preprocessing is exactly the training path's: RGB uint8 -> `imageio.resize_to` the checkpoint's
+input size -> the network (which normalises inside itself). Probabilities are resized back to the
+input's size (bilinear) before thresholding, so masks and boxes are in the input's pixels.
+
+JSON schema of one image (or one video frame):
+    {"file": str, "width": int, "height": int, "threshold": float,
+     "polyp_present_score": float,   # max pixel probability in the frame (0..1)
+     "polyps": [{"box_xyxy": [x0, y0, x1, y1], "area_px": int, "score": float, "centroid": [x, y]}]}
+`score` is the highest probability inside that polyp's component; x1/y1 are exclusive.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from polypseg.checkpoint import build_model, describe, load_checkpoint
+from polypseg.detection import components
+from polypseg.errors import PolypsegError
+from polypseg.imageio import VIDEO_EXTENSIONS, read_rgb, resize_to, sniff_image, to_rgb_uint8, write_png
+
+BUNDLED = {"full": "unetpp_cvc.safetensors", "fast": "unetpp_fast_cvc.safetensors"}
+
+
+def bundled_checkpoint(which: str = "full") -> Path:
+    path = Path(str(resources.files("polypseg").joinpath("weights", BUNDLED[which])))
+    if not path.is_file():
+        raise PolypsegError("no bundled model in this install; pass --checkpoint")
+    return path
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PolypsegError("CUDA was asked for but no GPU is available")
+    return torch.device(device)
+
+
+@dataclass
+class Prediction:
+    width: int
+    height: int
+    threshold: float
+    polyp_present_score: float
+    polyps: list[dict]
+    probability: np.ndarray = field(repr=False)  # (H, W) float32 at the input's size
+    mask: np.ndarray = field(repr=False)  # (H, W) bool
+    file: str | None = None
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "width": self.width, "height": self.height, "threshold": self.threshold,
+                "polyp_present_score": self.polyp_present_score, "polyps": self.polyps}
+
+
+class Predictor:
+    """Run a polyp model on RGB uint8 frames.
+
+    Example:
+        >>> p = Predictor.from_checkpoint("runs/full/best.pt", device="cpu")
+        >>> result = p.predict(rgb)          # rgb: (H, W, 3) uint8
+        >>> result.to_json()["polyps"]
+    """
+
+    def __init__(self, net, meta: dict, device: torch.device, threshold: float | None = None,
+                 tta: bool = False, min_area: int = 50, onnx_session=None):
+        self.net = net
+        self.session = onnx_session
+        self.meta = meta
+        self.device = device
+        self.height = int(meta["input"]["height"])
+        self.width = int(meta["input"]["width"])
+        self.threshold = float(threshold if threshold is not None else meta.get("threshold", 0.5))
+        self.tta = tta
+        self.min_area = min_area
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto", prune: int | None = None,
+                        threshold: float | None = None, tta: bool = False, min_area: int = 50) -> Predictor:
+        path = Path(path) if path else bundled_checkpoint("fast" if prune else "full")
+        if path.suffix == ".onnx":
+            from polypseg.export import load_onnx
+
+            session, meta = load_onnx(path)
+            if prune:
+                raise PolypsegError("an ONNX model is already fixed to one head; export it with --prune instead")
+            return cls(None, meta, torch.device("cpu"), threshold, tta, min_area, onnx_session=session)
+        ckpt = load_checkpoint(path)
+        dev = pick_device(device)
+        model = build_model(ckpt, prune).to(dev)
+        if dev.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        meta = describe(ckpt)
+        meta["checkpoint_path"] = str(path)
+        return cls(model, meta, dev, threshold, tta, min_area)
+
+    @torch.no_grad()
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 at network size -> (B, H, W) float32 probabilities."""
+        if self.session is not None:
+            inp = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            name = self.session.get_inputs()[0].name
+            return self.session.run(None, {name: inp})[0][:, 0]
+        t = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float()
+        if self.device.type == "cuda":
+            t = t.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return torch.sigmoid(self.net(t).float())[:, 0].cpu().numpy()
+
+    def network_probabilities(self, frames: list[np.ndarray]) -> np.ndarray:
+        """Probabilities at the network's size for a list of RGB uint8 frames (any sizes)."""
+        x = np.stack([resize_to(f, self.height, self.width) for f in frames])
+        p = self._forward(x)
+        if self.tta:
+            p = p + self._forward(np.ascontiguousarray(x[:, :, ::-1]))[:, :, ::-1]
+            p = p + self._forward(np.ascontiguousarray(x[:, ::-1]))[:, ::-1]
+            p = p / 3
+        return p.astype(np.float32)
+
+    def postprocess(self, prob_net: np.ndarray, height: int, width: int, file: str | None = None) -> Prediction:
+        prob = prob_net if prob_net.shape == (height, width) else cv2.resize(
+            prob_net, (width, height), interpolation=cv2.INTER_LINEAR)
+        mask = prob > self.threshold
+        _, comps = components(mask, self.min_area)
+        labels = None
+        polyps = []
+        for c in comps:
+            if labels is None:
+                _, labels, _, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+            polyps.append({"box_xyxy": list(c.box_xyxy), "area_px": c.area_px,
+                           "score": round(float(prob[labels == c.label].max()), 4),
+                           "centroid": [round(c.centroid[0], 1), round(c.centroid[1], 1)]})
+        polyps.sort(key=lambda p: -p["score"])
+        return Prediction(width, height, self.threshold, round(float(prob_net.max()), 4), polyps, prob, mask, file)
+
+    def predict_batch(self, frames: list[np.ndarray], files: list[str] | None = None) -> list[Prediction]:
+        frames = [to_rgb_uint8(f) for f in frames]
+        probs = self.network_probabilities(frames)
+        files = files or [None] * len(frames)
+        return [self.postprocess(p, f.shape[0], f.shape[1], n) for p, f, n in zip(probs, frames, files)]
+
+    def predict(self, frame: np.ndarray) -> Prediction:
+        return self.predict_batch([frame])[0]
+
+    def device_name(self) -> str:
+        if self.session is not None:
+            return f"CPU (ONNX Runtime, {self.session.get_providers()[0]})"
+        from polypseg.train import device_name
+
+        return device_name(self.device)
+
+
+def overlay(rgb: np.ndarray, pred: Prediction) -> np.ndarray:
+    """Translucent green fill, contour, and a box with its score per polyp."""
+    out = rgb.copy()
+    if pred.mask.any():
+        green = np.zeros_like(out)
+        green[:] = (0, 255, 0)
+        out[pred.mask] = (0.6 * out[pred.mask] + 0.4 * green[pred.mask]).astype(np.uint8)
+        cnts, _ = cv2.findContours(pred.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, cnts, -1, (0, 255, 0), max(1, rgb.shape[1] // 300))
+    thick = max(1, rgb.shape[1] // 250)
+    scale = max(0.4, rgb.shape[1] / 900)
+    for p in pred.polyps:
+        x0, y0, x1, y1 = p["box_xyxy"]
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (255, 220, 0), thick)
+        label = f"polyp {p['score']:.2f}"
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        ty = y0 - 4 if y0 - th - 6 > 0 else y1 + th + 4
+        cv2.rectangle(out, (x0, ty - th - 4), (x0 + tw + 4, ty + 4), (255, 220, 0), -1)
+        cv2.putText(out, label, (x0 + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    return out
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Path], list[str]]:
+    """Files, folders (recursive, images recognised by content) and globs -> (images, videos, problems)."""
+    images, videos, problems = [], [], []
+    for item in inputs:
+        matches = [Path(p) for p in sorted(glob.glob(item, recursive=True))] if glob.has_magic(item) else [Path(item)]
+        if not matches:
+            problems.append(f"{item}: no file matches")
+        for m in matches:
+            if m.is_dir():
+                for f in sorted(m.rglob("*")):
+                    if f.is_file() and not f.name.startswith("."):
+                        if f.suffix.lower() in VIDEO_EXTENSIONS:
+                            videos.append(f)
+                        elif sniff_image(f):
+                            images.append(f)
+            elif m.is_file():
+                if m.suffix.lower() in VIDEO_EXTENSIONS:
+                    videos.append(m)
+                else:
+                    images.append(m)
+            elif not glob.has_magic(item):
+                problems.append(f"{m}: not found")
+    return images, videos, problems
+
+
+def _out_name(path: Path, used: set[str]) -> str:
+    name, k = path.stem, 1
+    while name in used:
+        k += 1
+        name = f"{path.stem}_{k}"
+    used.add(name)
+    return name
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: int) -> dict:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise PolypsegError(f"{path}: cannot open video")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    writer = None
+    tmp_video = out / f".{name}_overlay.mp4.tmp.mp4"
+    lines_tmp = out / f"{name}.jsonl.tmp"
+    positives, n = [], 0
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="frame", desc=path.name, leave=False, file=sys.stderr)
+    with open(lines_tmp, "w") as lines:
+        while True:
+            frames = []
+            for _ in range(batch_size):
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                frames.append(bgr[:, :, ::-1])
+            if not frames:
+                break
+            for pred, rgb in zip(p.predict_batch(frames), frames):
+                rec = pred.to_json()
+                rec["file"] = str(path)
+                rec["frame"] = n
+                lines.write(json.dumps(rec) + "\n")
+                positives.append(bool(pred.polyps))
+                if writer is None:
+                    writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0]))
+                writer.write(np.ascontiguousarray(overlay(np.ascontiguousarray(rgb), pred)[:, :, ::-1]))
+                n += 1
+            bar.update(len(frames))
+    bar.close()
+    cap.release()
+    if writer is not None:
+        writer.release()
+        os.replace(tmp_video, out / f"{name}_overlay.mp4")
+    os.replace(lines_tmp, out / f"{name}.jsonl")
+    if n == 0:
+        raise PolypsegError(f"{path}: no frames could be read")
+    episodes, start = [], None
+    for i, pos in enumerate(positives + [False]):
+        if pos and start is None:
+            start = i
+        if not pos and start is not None:
+            episodes.append({"first_frame": start, "last_frame": i - 1, "frames": i - start,
+                             "start_s": round(start / fps, 3), "end_s": round((i - 1) / fps, 3)})
+            start = None
+    summary = {"file": str(path), "frames": n, "fps": fps, "frames_with_polyp": int(sum(positives)),
+               "episodes": episodes, "threshold": p.threshold}
+    _write_json(out / f"{name}_summary.json", summary)
+    return summary
+
+
+def predict_paths(inputs: list[str], out: str, checkpoint: str | None = None, threshold: float | None = None,
+                  tta: bool = False, prune: int | None = None, batch_size: int = 8, min_area: int = 50,
+                  device: str = "auto", overwrite: bool = False) -> bool:
+    """Write mask, overlay and JSON per image, and annotated video + JSON lines + summary per video.
+
+    Returns True if at least one input was processed. Unreadable inputs are reported and skipped.
+    """
+    images, videos, problems = expand_inputs(inputs)
+    if not images and not videos:
+        raise PolypsegError("no images or videos found in " + ", ".join(inputs))
+    out_dir = Path(out)
+    in_dirs = {Path(i).resolve() for i in inputs if Path(i).is_dir()} | {f.resolve().parent for f in images + videos}
+    if out_dir.resolve() in in_dirs:
+        raise PolypsegError(f"--out {out_dir} is an input folder; choose another so inputs are never overwritten")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise PolypsegError(f"{out_dir} exists and is not empty; pass --overwrite to write into it")
+    p = Predictor.from_checkpoint(checkpoint, device=device, prune=prune, threshold=threshold, tta=tta, min_area=min_area)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    done = 0
+    t0 = time.perf_counter()
+    frames_done = 0
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(images), unit="img", desc="predicting", leave=False, file=sys.stderr) if images else None
+    for i in range(0, len(images), batch_size):
+        batch, names = [], []
+        for f in images[i : i + batch_size]:
+            try:
+                batch.append(read_rgb(f))
+                names.append(f)
+            except PolypsegError as e:
+                problems.append(str(e))
+        if bar:
+            bar.update(len(images[i : i + batch_size]))
+        if not batch:
+            continue
+        for f, rgb, pred in zip(names, batch, p.predict_batch(batch, [str(n) for n in names])):
+            name = _out_name(f, used)
+            write_png(out_dir / f"{name}_mask.png", pred.mask.astype(np.uint8) * 255)
+            write_png(out_dir / f"{name}_overlay.png", overlay(rgb, pred))
+            _write_json(out_dir / f"{name}.json", pred.to_json())
+            done += 1
+            frames_done += 1
+    if bar:
+        bar.close()
+    for v in videos:
+        try:
+            s = predict_video(p, v, out_dir, _out_name(v, used), batch_size)
+            done += 1
+            frames_done += s["frames"]
+        except PolypsegError as e:
+            problems.append(str(e))
+    dt = time.perf_counter() - t0
+    for msg in problems:
+        print(f"skipped: {msg}", file=sys.stderr)
+    print(f"{done} input(s), {frames_done} frame(s) in {dt:.1f} s ({frames_done / max(dt, 1e-9):.1f} frames/s on "
+          f"{p.device_name()}); outputs in {out_dir}")
+    if not done:
+        raise PolypsegError("nothing could be processed")
+    return True

@@ -1,0 +1,373 @@
+"""The training loop: one function for CPU, GPU and DDP (torchrun), reading top to bottom.
+
+The decoded dataset lives on the training device as uint8; each step samples a batch there,
+augments it there in one go, and runs the step under bf16 autocast on CUDA. The only host syncs
+are once per epoch (loss) and at validation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from polypseg import distributed
+from polypseg.checkpoint import load_checkpoint, make_checkpoint, save_atomic
+from polypseg.config import TrainConfig, config_from_dict, save_config
+from polypseg.data.augment import BatchAugment
+from polypseg.data.cache import load_decoded
+from polypseg.data.layouts import discover
+from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
+from polypseg.data.validate import validate
+from polypseg.errors import PolypsegError
+from polypseg.losses import seg_loss
+from polypseg.metrics import batch_dice_iou
+from polypseg.models import count_parameters, create_model
+
+CSV_FIELDS = ["epoch", "elapsed_s", "lr", "loss", "val_dice", "val_iou", "img_per_s"]
+
+
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up, then cosine decay to min_lr_ratio, per optimiser step."""
+    warm = cfg.optim.warmup_epochs * steps_per_epoch
+    total = max(1, cfg.optim.epochs * steps_per_epoch)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def prepare_data(cfg: TrainConfig, data=None, images=None, masks=None, cache_dir=None, split: Split | None = None, log=print):
+    """Validated pairs -> groups -> split -> decoded arrays. Returns (decoded, split, train_idx, val_idx, info)."""
+    dataset = discover(data, images, masks)
+    checked = validate(dataset)
+    pairs = checked.good
+    if not pairs:
+        raise PolypsegError(f"{dataset.root}: no usable image/mask pairs")
+    n_bad = sum(1 for s, _, _ in checked.problems if s == "error")
+    if n_bad:
+        log(f"warning: {n_bad} problem(s) in the data; bad pairs left out (see `polypseg data check`)")
+    dataset.pairs = pairs
+    groups, group_source = load_groups(dataset, cfg.data.groups)
+    if split is None and cfg.data.split:
+        split = Split.load(cfg.data.split)
+    if split is None:
+        split = make_split(
+            dataset.names, groups, method=cfg.data.split_by, val_fraction=cfg.data.val_fraction,
+            folds=cfg.data.folds, fold=cfg.data.fold, seed=cfg.seed,
+        )
+    split.indices(dataset.names)  # every split name must be in this data (clear error otherwise)
+    check_no_leak(split, dataset.names, groups)
+    decoded = load_decoded(pairs, cfg.data.height, cfg.data.width, cache_dir=cache_dir)
+    train_idx, val_idx = split.indices(decoded.names)
+    info = {"root": str(dataset.root), "layout": dataset.layout, "frames": len(pairs),
+            "fingerprint": decoded.fingerprint, "groups": group_source}
+    return decoded, split, train_idx, val_idx, info
+
+
+@torch.no_grad()
+def evaluate_tensors(model, images, masks, batch_size: int, amp: bool, threshold: float = 0.5) -> tuple[float, float]:
+    """Mean Dice and IoU at `threshold` over frames with a non-empty mask (network resolution)."""
+    model.eval()
+    dices, ious, keep = [], [], []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].float()
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        d, j, has = batch_dice_iou(torch.sigmoid(logits.float()), masks[i : i + batch_size], threshold)
+        dices.append(d), ious.append(j), keep.append(has)
+    d, j, k = torch.cat(dices), torch.cat(ious), torch.cat(keep)
+    if not k.any():
+        return float("nan"), float("nan")
+    return d[k].mean().item(), j[k].mean().item()
+
+
+def _rng_state(sample_gen, augment) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist(), *np.random.get_state()[2:]],
+        "python": random.getstate(),
+        "sample": sample_gen.get_state(),
+        "augment": augment.state(),
+    }
+
+
+def _set_rng_state(state: dict, sample_gen, augment) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    sample_gen.set_state(state["sample"])
+    augment.set_state(state["augment"])
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(ep, [h["loss"] for h in history])
+    ax[0].set(xlabel="epoch", ylabel="training loss (BCE + Dice, all heads)", yscale="log")
+    val = [(h["epoch"], h["val_dice"], h["val_iou"]) for h in history if h["val_dice"] != ""]
+    if val:
+        ax[1].plot([v[0] for v in val], [v[1] for v in val], label="Dice@0.5")
+        ax[1].plot([v[0] for v in val], [v[2] for v in val], label="IoU@0.5")
+        ax[1].legend()
+    ax[1].set(xlabel="epoch", ylabel="validation", ylim=(0, 1))
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def time_to(history: list[dict], target: float) -> float | None:
+    for h in history:
+        if h["val_dice"] != "" and float(h["val_dice"]) >= target:
+            return float(h["elapsed_s"])
+    return None
+
+
+def train(
+    cfg: TrainConfig | None = None,
+    out: str | os.PathLike = "runs/train",
+    data=None,
+    images: str | None = None,
+    masks: str | None = None,
+    resume: str | os.PathLike | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+) -> dict:
+    """Train a model; write config.yaml, split.json, metrics.csv, curves.png, best.pt, last.pt, summary.json.
+
+    `resume` is a run folder whose last.pt is continued exactly (its saved config and split are used).
+    `stop_after_epoch` ends this call early, as a kill would (used to test resuming).
+    """
+    out = Path(resume or out)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out / "last.pt")
+        if "optimizer" not in ckpt:
+            raise PolypsegError(f"{out / 'last.pt'} has no training state to resume")
+        cfg = config_from_dict(ckpt["config"])
+    cfg = cfg or TrainConfig()
+    info, device = distributed.setup(cfg.device)
+    log = print if info.main else (lambda *a, **k: None)
+    try:
+        return _train(cfg, out, data, images, masks, ckpt, cache_dir, progress and info.main,
+                      stop_after_epoch, info, device, log)
+    finally:
+        distributed.teardown(info)
+
+
+def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_epoch, info, device, log) -> dict:
+    cuda = device.type == "cuda"
+    amp = cfg.amp and cuda
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # Data: validated, split by group, decoded once (rank 0 fills the cache, the others read it).
+    split = Split.from_dict(ckpt["split"]) if ckpt else None
+    if info.enabled and not info.main:
+        torch.distributed.barrier()
+    decoded, split, train_idx, val_idx, data_info = prepare_data(cfg, data, images, masks, cache_dir, split, log)
+    if info.enabled and info.main:
+        torch.distributed.barrier()
+    if ckpt and ckpt["dataset"]["fingerprint"] != data_info["fingerprint"]:
+        raise PolypsegError("the data changed since this run started; resume needs the same files")
+    x_train = torch.from_numpy(decoded.images[train_idx]).to(device)
+    y_train = torch.from_numpy(decoded.masks[train_idx]).to(device)
+    x_val = torch.from_numpy(decoded.images[val_idx]).to(device)
+    y_val = torch.from_numpy(decoded.masks[val_idx]).to(device)
+    n_train = len(x_train)
+    batch = cfg.optim.batch_size
+    if batch % info.world_size:
+        raise PolypsegError(f"batch_size {batch} must be divisible by the {info.world_size} processes")
+    local_batch = batch // info.world_size
+    steps_per_epoch = max(1, n_train // batch)
+
+    # Model, optimiser, schedule, EMA.
+    arch = {"name": cfg.model.name, "kwargs": {"width": cfg.model.width}}
+    if cfg.model.name == "unetpp":
+        arch["kwargs"]["deep_supervision"] = cfg.model.deep_supervision
+    model = create_model(arch["name"], **arch["kwargs"]).to(device)
+    if cuda and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=cuda)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch))
+    ema = None
+    if cfg.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    sample_gen = torch.Generator(device=device)
+    sample_gen.manual_seed(cfg.seed)  # identical on every rank: all ranks slice the same permutation
+    augment = BatchAugment(cfg.augment, device, seed=cfg.seed + 1000 * info.rank)
+
+    start_epoch, best, best_epoch, elapsed, history = 0, -1.0, -1, 0.0, []
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        st = ckpt["train_state"]
+        start_epoch, best, best_epoch, elapsed, history = st["epoch"], st["best"], st["best_epoch"], st["elapsed_s"], st["history"]
+        _set_rng_state(ckpt["rng"], sample_gen, augment)
+        log(f"resuming {out} at epoch {start_epoch}")
+    train_model = DDP(model, device_ids=[device.index] if cuda else None) if info.enabled else model
+    step_model = torch.compile(train_model) if cfg.compile else train_model
+    eval_model = ema.module if ema is not None else model
+
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        split.save(out / "split.json")
+        if not ckpt:
+            with open(out / "metrics.csv", "w", newline="") as f:
+                csv.writer(f).writerow(CSV_FIELDS)
+        n_params = count_parameters(model)
+        log(f"training {cfg.model.name} (width {cfg.model.width}, {n_params / 1e6:.2f}M params) on {device_name(device)}"
+            f"{f' x{info.world_size}' if info.enabled else ''}; {n_train} train / {len(x_val)} val frames "
+            f"at {cfg.data.height}x{cfg.data.width}; split: {split.method}; {data_info['groups']}")
+
+    def checkpoint_dict(epoch: int, metrics: dict, full: bool) -> dict:
+        weights = eval_model if not full else model
+        extra = dict(config=asdict(cfg), split=split.to_dict(), dataset=data_info, metrics=metrics, epoch=epoch,
+                     threshold=cfg.threshold)
+        c = make_checkpoint(weights, arch, cfg.data.height, cfg.data.width, **extra)
+        c["threshold"] = cfg.threshold
+        if full:
+            c.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                     ema=ema.state_dict() if ema is not None else None, rng=_rng_state(sample_gen, augment),
+                     train_state=dict(epoch=epoch, best=best, best_epoch=best_epoch, elapsed_s=elapsed, history=history))
+        return c
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.optim.epochs, initial=start_epoch, unit="epoch", dynamic_ncols=True)
+    since_val = 0
+    stopped = "completed"
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        # Train one epoch: sample, augment and step entirely on the device.
+        train_model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n_train, generator=sample_gen, device=device)
+        loss_sum = torch.zeros((), device=device)
+        for s in range(steps_per_epoch):
+            idx = perm[s * batch + info.rank * local_batch : s * batch + (info.rank + 1) * local_batch]
+            x, y = augment(x_train[idx], y_train[idx])
+            if cuda and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                heads = step_model(x, heads=True)
+            loss = seg_loss(heads, y, cfg.loss.bce_weight, cfg.loss.dice_weight, cfg.loss.head_weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            loss_sum += loss.detach()
+        epoch_loss = loss_sum.item() / steps_per_epoch  # the one host sync of the epoch
+        dt = time.perf_counter() - t0
+        elapsed += dt
+        if not math.isfinite(epoch_loss):
+            raise PolypsegError(
+                f"loss became {epoch_loss} in epoch {epoch + 1}; stopped. The last good checkpoint is "
+                f"{out / 'last.pt'} (try a lower optim.lr or optim.grad_clip)"
+            )
+        row = {"epoch": epoch + 1, "elapsed_s": round(elapsed, 3), "lr": sched.get_last_lr()[0],
+               "loss": epoch_loss, "val_dice": "", "val_iou": "", "img_per_s": round(steps_per_epoch * batch / dt, 1)}
+
+        # Validate, keep the best checkpoint (rank 0 writes; all ranks compute, so none waits).
+        last_epoch = epoch + 1 == cfg.optim.epochs
+        if (epoch + 1) % cfg.val_every == 0 or last_epoch:
+            vd, vi = evaluate_tensors(eval_model, x_val, y_val, 32, amp, cfg.threshold)
+            row["val_dice"], row["val_iou"] = round(vd, 5), round(vi, 5)
+            since_val += 1
+            if vd > best:
+                best, best_epoch, since_val = vd, epoch + 1, 0
+                if info.main:
+                    save_atomic(checkpoint_dict(epoch + 1, {"val_dice": vd, "val_iou": vi}, full=False), out / "best.pt")
+        history.append(row)
+        over_time = cfg.time_limit_s and elapsed >= cfg.time_limit_s
+        early = cfg.early_stop and since_val >= cfg.early_stop
+        kill = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
+        if info.main:
+            with open(out / "metrics.csv", "a", newline="") as f:
+                csv.DictWriter(f, CSV_FIELDS).writerow(row)
+            save_atomic(checkpoint_dict(epoch + 1, {"val_dice": row["val_dice"]}, full=True), out / "last.pt")
+        if bar:
+            bar.set_postfix(loss=f"{epoch_loss:.4f}", dice=row["val_dice"], best=f"{best:.4f}", img_s=row["img_per_s"])
+            bar.update(1)
+        if over_time or early or kill:
+            stopped = "time limit" if over_time else "early stop" if early else "interrupted"
+            break
+    if bar:
+        bar.close()
+
+    summary = {
+        "run": str(out),
+        "stopped": stopped,
+        "epochs": history[-1]["epoch"] if history else start_epoch,
+        "best_val_dice": best,
+        "best_epoch": best_epoch,
+        "train_seconds": round(elapsed, 2),
+        "mean_img_per_s": round(float(np.mean([h["img_per_s"] for h in history[1:] or history])), 1) if history else None,
+        "time_to_dice_0.85_s": time_to(history, 0.85),
+        "time_to_dice_0.90_s": time_to(history, 0.90),
+        "device": device_name(device),
+        "world_size": info.world_size,
+        "params": count_parameters(model),
+        "dataset": data_info,
+        "split": {"method": split.method, "seed": split.seed, "fold": split.fold, "train": len(split.train), "val": len(split.val)},
+    }
+    if info.main:
+        plot_curves(history, out / "curves.png")
+        tmp = out / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, out / "summary.json")
+        log(f"best val Dice@0.5 {best:.4f} at epoch {best_epoch}; {summary['train_seconds']} s; run folder {out}")
+    return summary
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pytest
+
+from polypseg.config import TrainConfig, config_from_dict, load_config, save_config, to_dict
+from polypseg.errors import PolypsegError
+
+
+def test_presets_and_overrides(tmp_path):
+    fast = load_config(preset="fast")
+    assert fast.model.width == 8 and fast.data.height == 160
+    full = load_config(preset="full", overrides=["optim.lr=1e-3", "model.name=unet", "loss.head_weights=[1,2,3,4]"])
+    assert full.model.width == 32 and full.optim.lr == 1e-3 and full.model.name == "unet"
+    assert full.loss.head_weights == [1.0, 2.0, 3.0, 4.0]
+    (tmp_path / "c.yaml").write_text("optim:\n  epochs: 7\nseed: 5\n")
+    c = load_config(tmp_path / "c.yaml", overrides=["seed=6"])
+    assert (c.optim.epochs, c.seed) == (7, 6)
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config(preset="full")
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert to_dict(again) == to_dict(cfg) and config_from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("optim.lrr=1", "unknown config key 'optim.lrr'"), ("optim.epochs=abc", "expected an integer"),
+     ("amp=maybe", "expected true/false"), ("nokey", "key=value"), ("model=3", "expected a mapping")],
+)
+def test_bad_overrides_rejected_by_name(override, message):
+    with pytest.raises(PolypsegError, match=message):
+        load_config(overrides=[override])
+
+
+def test_defaults_are_the_seed_network():
+    c = TrainConfig()
+    assert (c.model.name, c.model.width, c.model.deep_supervision) == ("unetpp", 32, True)

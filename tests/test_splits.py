@@ -1,0 +1,81 @@
+"""Groups and splits: no sequence on both sides, deterministic from the seed, reproducible from split.json."""
+
+from __future__ import annotations
+
+import pytest
+
+from polypseg.data.layouts import discover
+from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
+from polypseg.errors import PolypsegError
+
+
+@pytest.fixture(scope="module")
+def cvc_groups(cvc):
+    ds = discover(cvc)
+    groups, source = load_groups(ds)
+    assert "29 sequences" in source
+    return ds.names, groups
+
+
+def test_builtin_table_matches_published_ranges(cvc_groups):
+    names, groups = cvc_groups
+    g = dict(zip(names, groups))
+    assert len(set(groups)) == 29 and g["1"] == "1" and g["612"] == "29"
+
+
+def test_group_holdout_has_no_leak_and_is_deterministic(cvc_groups):
+    names, groups = cvc_groups
+    a = make_split(names, groups, "group", val_fraction=0.2, seed=3)
+    b = make_split(names, groups, "group", val_fraction=0.2, seed=3)
+    c = make_split(names, groups, "group", val_fraction=0.2, seed=4)
+    assert a == b and a.val != c.val
+    check_no_leak(a, names, groups)
+    g = dict(zip(names, groups))
+    assert not ({g[n] for n in a.train} & {g[n] for n in a.val})
+    assert 0.15 < len(a.val) / len(names) < 0.3
+    assert sorted(a.train + a.val, key=int) == names
+
+
+def test_kfold_partitions_all_frames_by_group(cvc_groups):
+    names, groups = cvc_groups
+    g = dict(zip(names, groups))
+    vals = [make_split(names, groups, "kfold", folds=5, fold=k, seed=0).val for k in range(5)]
+    assert sorted(n for v in vals for n in v) == sorted(names)
+    group_sets = [{g[n] for n in v} for v in vals]
+    for i in range(5):
+        for j in range(i + 1, 5):
+            assert not group_sets[i] & group_sets[j]
+    sizes = [len(v) for v in vals]
+    assert max(sizes) - min(sizes) <= 30  # balanced by frame count
+
+
+def test_frame_split_is_random_and_labelled(cvc_groups):
+    names, groups = cvc_groups
+    s = make_split(names, groups, "frame", val_fraction=0.2, seed=0)
+    assert s.method == "frame" and len(s.val) == round(0.2 * 612)
+    check_no_leak(s, names, groups)  # allowed by design for the leaky protocol
+
+
+def test_split_json_round_trip(cvc_groups, tmp_path):
+    names, groups = cvc_groups
+    s = make_split(names, groups, "kfold", folds=5, fold=2, seed=1)
+    s.save(tmp_path / "split.json")
+    t = Split.load(tmp_path / "split.json")
+    assert t == s
+    tr, va = t.indices(names)
+    assert len(tr) + len(va) == 612
+
+
+def test_leak_is_detected(cvc_groups):
+    names, groups = cvc_groups
+    bad = Split("group", 0, train=names[:300], val=names[290:])
+    with pytest.raises(PolypsegError, match="leaks groups"):
+        check_no_leak(bad, names, groups)
+
+
+def test_groups_csv_and_default(cvc_subset, subset_groups):
+    ds = discover(cvc_subset)
+    groups, src = load_groups(ds, subset_groups)
+    assert len(set(groups)) == 4 and "groups from" in src
+    groups, src = load_groups(ds)
+    assert len(set(groups)) == 40 and "each frame is its own group" in src

@@ -1,0 +1,103 @@
+"""The training loop on real frames: run folder, exact resume, NaN guard, checkpoint contents, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from polypseg.checkpoint import load_checkpoint
+from polypseg.cli import main
+from polypseg.config import load_config
+from polypseg.errors import PolypsegError
+from polypseg.train import train
+from tests.conftest import TINY
+
+
+def test_run_folder(tiny_run):
+    for f in ("config.yaml", "split.json", "metrics.csv", "curves.png", "best.pt", "last.pt", "summary.json"):
+        assert (tiny_run / f).is_file(), f
+    rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(float(r["val_dice"]) >= 0 for r in rows)
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and 0 <= summary["best_val_dice"] <= 1
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert split["method"] == "group" and not set(split["train"]) & set(split["val"])
+    assert yaml.safe_load((tiny_run / "config.yaml").read_text())["model"]["width"] == 4
+
+
+def test_checkpoint_describes_itself(tiny_run):
+    ck = load_checkpoint(tiny_run / "best.pt")
+    assert ck["arch"] == {"name": "unetpp", "kwargs": {"width": 4, "deep_supervision": True}}
+    assert (ck["input"]["height"], ck["input"]["width"], ck["input"]["color"]) == (64, 80, "RGB")
+    assert ck["threshold"] == 0.5 and ck["package_version"]
+    assert ck["dataset"]["fingerprint"] and ck["split"]["val"] and ck["config"]["optim"]["epochs"] == 2
+    assert "val_dice" in ck["metrics"] and "optimizer" not in ck
+    assert "optimizer" in load_checkpoint(tiny_run / "last.pt")
+
+
+def test_resume_is_exact(cvc_subset, subset_groups, tmp_path):
+    overrides = TINY + [f"data.groups={subset_groups}", "optim.epochs=3", "data.split_by=frame", "ema=0.9"]
+    cfg = load_config(overrides=overrides)
+    train(cfg, out=tmp_path / "straight", data=cvc_subset, progress=False)
+    train(load_config(overrides=overrides), out=tmp_path / "killed", data=cvc_subset, progress=False, stop_after_epoch=1)
+    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["stopped"] == "interrupted"
+    assert main(["train", "--resume", str(tmp_path / "killed"), "--data", str(cvc_subset), "--no-progress"]) == 0
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    rows_a = list(csv.DictReader(open(tmp_path / "straight" / "metrics.csv")))
+    rows_b = list(csv.DictReader(open(tmp_path / "killed" / "metrics.csv")))
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+
+
+def test_nan_loss_stops_with_clear_message(cvc_subset, subset_groups, tmp_path, capsys):
+    out = tmp_path / "nan"
+    args = ["train", "--data", str(cvc_subset), "--out", str(out), "--no-progress"]
+    for o in TINY + [f"data.groups={subset_groups}", "loss.bce_weight=.nan"]:
+        args += ["--set", o]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "loss became nan in epoch 1" in err and err.count("\n") == 1
+    assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
+
+
+def test_resume_refuses_other_config(tiny_run, capsys):
+    assert main(["train", "--resume", str(tiny_run), "--preset", "fast"]) == 2
+    assert "--resume continues" in capsys.readouterr().err
+
+
+def test_split_json_reproduces(cvc_subset, subset_groups, tiny_run, tmp_path, polypgen):
+    cfg = load_config(overrides=TINY + ["optim.epochs=1", f"data.split={tiny_run / 'split.json'}"])
+    train(cfg, out=tmp_path / "again", data=cvc_subset, progress=False)
+    assert json.loads((tmp_path / "again" / "split.json").read_text()) == json.loads((tiny_run / "split.json").read_text())
+    with pytest.raises(PolypsegError, match="split names"):
+        cfg = load_config(overrides=TINY + ["optim.epochs=1", f"data.split={tiny_run / 'split.json'}"])
+        train(cfg, out=tmp_path / "other", data=polypgen, progress=False)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(cvc_subset, subset_groups, tmp_path):
+    out = tmp_path / "ddp"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "polypseg",
+           "train", "--data", str(cvc_subset), "--out", str(out), "--no-progress"]
+    for o in TINY + [f"data.groups={subset_groups}", "optim.epochs=1", "device=cpu"]:
+        cmd += ["--set", o]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["epochs"] == 1
+    assert r.stdout.count("best val Dice") == 1  # only rank 0 logs
