@@ -99,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example:\n  polypseg export --checkpoint runs/full/best.pt --format onnx --out model.onnx --prune 2",
     )
     ex.add_argument("--checkpoint")
-    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("--format", choices=["onnx", "safetensors"], default="onnx",
+                    help="onnx (with a parity check) or safetensors (fp16 weights + description, as bundled)")
     ex.add_argument("--out", required=True)
     ex.add_argument("--prune", type=int)
     ex.add_argument("--dynamic-batch", action="store_true")
@@ -203,6 +204,15 @@ def _cmd_predict(a) -> int:
 
 def _cmd_export(a) -> int:
     from polypseg.export import export_onnx
+
+    if a.format == "safetensors":
+        from polypseg.checkpoint import load_checkpoint, save_safetensors
+
+        if not a.checkpoint:
+            raise PolypsegError("--format safetensors needs --checkpoint")
+        save_safetensors(load_checkpoint(a.checkpoint), a.out)
+        print(f"wrote {a.out}")
+        return 0
 
     export_onnx(checkpoint=a.checkpoint, out=a.out, prune=a.prune, dynamic_batch=a.dynamic_batch, data=a.data,
                 quantize=a.quantize)

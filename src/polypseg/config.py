@@ -23,7 +23,7 @@ from polypseg.errors import PolypsegError
 class DataConfig:
     height: int = 288  # network input; CVC-ClinicDB frames are 288x384
     width: int = 384
-    split_by: str = "group"  # group (sequence holdout) | kfold (grouped k-fold) | frame (random, leaky)
+    split_by: str = "group"  # group (sequence holdout) | kfold (grouped k-fold) | frame (random, leaky) | none (train on all)
     val_fraction: float = 0.2
     folds: int = 5
     fold: int = 0

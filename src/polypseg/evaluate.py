@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from polypseg import detection
-from polypseg.data.cache import fingerprint
+from polypseg.data.cache import content_fingerprint
 from polypseg.data.layouts import discover
 from polypseg.data.splits import Split
 from polypseg.data.validate import validate
@@ -96,7 +96,7 @@ def _choose_pairs(pairs, split: str, predictor: Predictor):
     if split == "test":
         ck_split = predictor.meta.get("split")
         ds = predictor.meta.get("dataset") or {}
-        if ck_split and ds.get("fingerprint") == fingerprint(pairs, (predictor.height, predictor.width)):
+        if ck_split and ds.get("fingerprint") == content_fingerprint(pairs):
             if not ck_split.get("val"):
                 raise PolypsegError("this checkpoint was trained on every frame of this data; "
                                     "use other data or --split all (optimistic)")
@@ -219,7 +219,7 @@ def evaluate(checkpoint: str | None = None, data=None, images=None, masks=None, 
     metrics = {
         "checkpoint": str(ckpt_path), "checkpoint_sha256": sha256_file(ckpt_path),
         "model": predictor.meta.get("arch"), "prune": prune, "tta": tta,
-        "data": str(dataset.root), "dataset_fingerprint": fingerprint(chosen), "split": split_desc,
+        "data": str(dataset.root), "dataset_fingerprint": content_fingerprint(chosen), "split": split_desc,
         "frames": len(rows), "polyp_frames": len(pos_rows), "threshold": thr, "min_area": min_area,
         "network_input": [predictor.height, predictor.width],
         "resize_note": f"{resized} of {len(rows)} frames were resized to the network's "

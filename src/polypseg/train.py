@@ -24,7 +24,7 @@ from polypseg import distributed
 from polypseg.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from polypseg.config import TrainConfig, config_from_dict, save_config
 from polypseg.data.augment import BatchAugment
-from polypseg.data.cache import load_decoded
+from polypseg.data.cache import content_fingerprint, load_decoded
 from polypseg.data.layouts import discover
 from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
 from polypseg.data.validate import validate
@@ -36,15 +36,19 @@ from polypseg.models import count_parameters, create_model
 CSV_FIELDS = ["epoch", "elapsed_s", "lr", "loss", "val_dice", "val_iou", "img_per_s"]
 
 
-def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
-    """Linear warm-up, then cosine decay to min_lr_ratio, per optimiser step."""
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int, budget: dict | None = None):
+    """Linear warm-up, then cosine decay to min_lr_ratio, per optimiser step.
+
+    With a time limit the decay follows whichever is further along, the steps or the time
+    (`budget["frac"]`, updated once per epoch), so a time-boxed run still ends at a low learning rate.
+    """
     warm = cfg.optim.warmup_epochs * steps_per_epoch
     total = max(1, cfg.optim.epochs * steps_per_epoch)
 
     def f(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        t = min(1.0, (step - warm) / max(1, total - warm))
+        t = min(1.0, max((step - warm) / max(1, total - warm), (budget or {}).get("frac", 0.0)))
         return cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     return f
@@ -74,7 +78,7 @@ def prepare_data(cfg: TrainConfig, data=None, images=None, masks=None, cache_dir
     decoded = load_decoded(pairs, cfg.data.height, cfg.data.width, cache_dir=cache_dir)
     train_idx, val_idx = split.indices(decoded.names)
     info = {"root": str(dataset.root), "layout": dataset.layout, "frames": len(pairs),
-            "fingerprint": decoded.fingerprint, "groups": group_source}
+            "fingerprint": content_fingerprint(pairs), "groups": group_source}
     return decoded, split, train_idx, val_idx, info
 
 
@@ -223,7 +227,8 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=cuda)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch))
+    budget = {"frac": 0.0}
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch, budget))
     ema = None
     if cfg.ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -243,6 +248,7 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
         st = ckpt["train_state"]
         start_epoch, best, best_epoch, elapsed, history = st["epoch"], st["best"], st["best_epoch"], st["elapsed_s"], st["history"]
         _set_rng_state(ckpt["rng"], sample_gen, augment)
+        budget["frac"] = elapsed / cfg.time_limit_s if cfg.time_limit_s else 0.0
         log(f"resuming {out} at epoch {start_epoch}")
     train_model = DDP(model, device_ids=[device.index] if cuda else None) if info.enabled else model
     step_model = torch.compile(train_model) if cfg.compile else train_model
@@ -305,6 +311,8 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
         epoch_loss = loss_sum.item() / steps_per_epoch  # the one host sync of the epoch
         dt = time.perf_counter() - t0
         elapsed += dt
+        if cfg.time_limit_s:
+            budget["frac"] = elapsed / cfg.time_limit_s
         if not math.isfinite(epoch_loss):
             raise PolypsegError(
                 f"loss became {epoch_loss} in epoch {epoch + 1}; stopped. The last good checkpoint is "
@@ -313,9 +321,11 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
         row = {"epoch": epoch + 1, "elapsed_s": round(elapsed, 3), "lr": sched.get_last_lr()[0],
                "loss": epoch_loss, "val_dice": "", "val_iou": "", "img_per_s": round(steps_per_epoch * batch / dt, 1)}
 
+        over_time = cfg.time_limit_s and elapsed >= cfg.time_limit_s
+        kill = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
         # Validate, keep the best checkpoint (rank 0 writes; all ranks compute, so none waits).
-        last_epoch = epoch + 1 == cfg.optim.epochs
-        if (epoch + 1) % cfg.val_every == 0 or last_epoch:
+        last_epoch = epoch + 1 == cfg.optim.epochs or over_time
+        if len(x_val) and ((epoch + 1) % cfg.val_every == 0 or last_epoch):
             vd, vi = evaluate_tensors(eval_model, x_val, y_val, 32, amp, cfg.threshold)
             row["val_dice"], row["val_iou"] = round(vd, 5), round(vi, 5)
             since_val += 1
@@ -324,9 +334,7 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
                 if info.main:
                     save_atomic(checkpoint_dict(epoch + 1, {"val_dice": vd, "val_iou": vi}, full=False), out / "best.pt")
         history.append(row)
-        over_time = cfg.time_limit_s and elapsed >= cfg.time_limit_s
         early = cfg.early_stop and since_val >= cfg.early_stop
-        kill = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
         if info.main:
             with open(out / "metrics.csv", "a", newline="") as f:
                 csv.DictWriter(f, CSV_FIELDS).writerow(row)
@@ -339,6 +347,8 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
             break
     if bar:
         bar.close()
+    if not len(x_val) and info.main:  # nothing held out: the final weights are the model
+        save_atomic(checkpoint_dict(history[-1]["epoch"], {}, full=False), out / "best.pt")
 
     summary = {
         "run": str(out),

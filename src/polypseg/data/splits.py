@@ -18,7 +18,7 @@ import numpy as np
 from polypseg.data.layouts import Dataset
 from polypseg.errors import PolypsegError
 
-METHODS = ("group", "frame", "kfold")
+METHODS = ("group", "frame", "kfold", "none")
 
 
 def _read_group_csv(lines) -> dict[str, str]:
@@ -127,13 +127,16 @@ def make_split(
     fold: int = 0,
     seed: int = 0,
 ) -> Split:
-    """Grouped holdout ("group"), grouped k-fold ("kfold", fold `fold` of `folds` is val) or random ("frame")."""
+    """Grouped holdout ("group"), grouped k-fold ("kfold", fold `fold` of `folds` is val), random ("frame"),
+    or "none": every frame trains (a final model; nothing is held out, so nothing is validated)."""
     if method not in METHODS:
         raise PolypsegError(f"unknown split method {method!r}; choose from {', '.join(METHODS)}")
     if len(names) != len(groups):
         raise ValueError("one group per name")
     rng = np.random.default_rng(seed)
     garr = np.asarray(groups)
+    if method == "none":
+        return Split(method, seed, list(names), [])
     if method == "frame":
         perm = rng.permutation(len(names))
         n_val = max(1, round(val_fraction * len(names)))
@@ -170,7 +173,7 @@ def make_split(
 
 def check_no_leak(split: Split, names: list[str], groups: list[str]) -> None:
     """Raise if a group appears on both sides (a frame split is allowed to, by design)."""
-    if split.method == "frame":
+    if split.method in ("frame", "none"):
         return
     g = dict(zip(names, groups))
     both = {g[n] for n in split.train} & {g[n] for n in split.val}

@@ -7,6 +7,7 @@ Empty masks are not problems: they are negative frames, counted.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -108,7 +109,8 @@ def check_pair(pair: Pair) -> PairReport:
     return rep
 
 
-def validate(dataset: Dataset, workers: int = 4) -> Validation:
+def validate(dataset: Dataset, workers: int | None = None) -> Validation:
+    workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         reports = list(pool.map(check_pair, dataset.pairs))
     return Validation(dataset, reports)

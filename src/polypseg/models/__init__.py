@@ -26,7 +26,19 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters the model's forward uses: a pruned UNet++ counts only its head's sub-network."""
+    prune = getattr(model, "prune", 0)
+    if not prune:
+        return sum(p.numel() for p in model.parameters())
+
+    def used(name: str) -> bool:
+        node = name.split(".")[0]
+        if node.startswith("conv") and "_" in node:
+            i, j = node[4:].split("_")
+            return int(i) + int(j) <= prune
+        return node == f"final{prune}"
+
+    return sum(p.numel() for n, p in model.named_parameters() if used(n))
 
 
 __all__ = ["MODELS", "UNet", "UNetPlusPlus", "count_parameters", "create_model"]

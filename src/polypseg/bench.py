@@ -1,0 +1,128 @@
+"""`polypseg benchmark`: latency (batch 1, p50/p95) and throughput of full and pruned models,
+PyTorch on the chosen device and ONNX Runtime on the CPU, with the device named in every row."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from polypseg.checkpoint import build_model, load_checkpoint
+from polypseg.models import count_parameters, create_model
+from polypseg.predict import pick_device
+from polypseg.train import device_name
+
+
+def gflops(model, h: int, w: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.zeros(1, 3, h, w))
+    return fc.get_total_flops() / 1e9 / 2  # multiply-adds, the convention papers report as "GFLOPs"
+
+
+def _time(fn, iters: int, sync) -> list[float]:
+    for _ in range(3):
+        fn()
+    sync()
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def bench_torch(model, device, h, w, iters, batch) -> dict:
+    cuda = device.type == "cuda"
+    model = model.to(device).eval()
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def run(b):
+        x = torch.randint(0, 256, (b, 3, h, w), dtype=torch.uint8, device=device).float()
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def f():
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                torch.sigmoid(model(x))
+
+        return f
+
+    lat = _time(run(1), iters, sync)
+    thr = _time(run(batch), max(3, iters // 4), sync)
+    return {"p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
+            "fps_batch1": 1000 / float(np.median(lat)), "throughput_img_s": batch * 1000 / float(np.median(thr)),
+            "batch": batch, "precision": "bf16" if cuda else "fp32"}
+
+
+def bench_onnx(model, h, w, iters, batch) -> dict:
+    import onnxruntime as ort
+
+    from polypseg.export import ProbabilityModel, export_module
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        export_module(ProbabilityModel(model.cpu().eval()), path, h, w, dynamic_batch=True)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    x1 = np.random.randint(0, 256, (1, 3, h, w), dtype=np.uint8)
+    xb = np.random.randint(0, 256, (batch, 3, h, w), dtype=np.uint8)
+    lat = _time(lambda: sess.run(None, {"image": x1}), iters, lambda: None)
+    thr = _time(lambda: sess.run(None, {"image": xb}), max(3, iters // 4), lambda: None)
+    return {"p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
+            "fps_batch1": 1000 / float(np.median(lat)), "throughput_img_s": batch * 1000 / float(np.median(thr)),
+            "batch": batch, "precision": "fp32"}
+
+
+def candidates(checkpoint: str | None):
+    """(label, model) pairs: the checkpoint (accurate + each pruned head) or the default architectures."""
+    if checkpoint:
+        ck = load_checkpoint(checkpoint)
+        yield f"{ck['arch']['name']} (checkpoint)", build_model(ck)
+        if ck["arch"].get("kwargs", {}).get("deep_supervision"):
+            for level in (1, 2, 3, 4):
+                yield f"{ck['arch']['name']} prune L{level}", build_model(ck, prune=level)
+        return
+    yield "unet w32", create_model("unet", width=32)
+    yield "unetpp w32 accurate", create_model("unetpp", width=32)
+    for level in (1, 2, 3, 4):
+        yield f"unetpp w32 prune L{level}", create_model("unetpp", width=32, prune=level)
+    yield "unetpp w16 prune L2", create_model("unetpp", width=16, prune=2)
+
+
+def run_benchmark(checkpoint=None, device="auto", height=288, width=384, iters=20, json_path=None, onnx=True,
+                  batch=None) -> list[dict]:
+    dev = pick_device(device)
+    batch = batch or (32 if dev.type == "cuda" else 4)
+    name = device_name(dev)
+    print(f"device: {name}; input {height}x{width}; latency at batch 1, throughput at batch {batch}")
+    print(f"{'model':24s} {'params':>8s} {'GFLOPs':>7s} {'backend':>12s} {'p50 ms':>8s} {'p95 ms':>8s} {'fps b1':>7s} {'img/s':>8s}")
+    rows = []
+    for label, model in candidates(checkpoint):
+        model.eval()
+        base = {"model": label, "params": count_parameters(model), "gflops": round(gflops(model, height, width), 2)}
+        backends = [("pytorch-" + dev.type, lambda m=model: bench_torch(m, dev, height, width, iters, batch))]
+        if onnx and dev.type == "cpu":
+            backends.append(("onnxruntime", lambda m=model: bench_onnx(m, height, width, iters, batch)))
+        for backend, fn in backends:
+            r = {**base, "backend": backend, "device": name if backend != "onnxruntime" else device_name(torch.device("cpu")), **fn()}
+            rows.append(r)
+            print(f"{label:24s} {r['params'] / 1e6:7.2f}M {r['gflops']:7.1f} {backend:>12s} {r['p50_ms']:8.1f} "
+                  f"{r['p95_ms']:8.1f} {r['fps_batch1']:7.1f} {r['throughput_img_s']:8.1f}")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps({"device": name, "torch": torch.__version__, "height": height,
+                                               "width": width, "date": time.strftime("%Y-%m-%d %H:%M"),
+                                               "rows": rows}, indent=1))
+        print(f"wrote {json_path}")
+    return rows

@@ -1,0 +1,153 @@
+"""ONNX export with the preprocessing inside the graph, a parity check on real frames, and loading.
+
+The exported graph takes ``image``: (B, 3, H, W) uint8 RGB at the checkpoint's input size, and returns
+``probability``: (B, 1, H, W) float32 in 0..1. Resizing to H x W stays outside (``imageio.resize_to``),
+as in training. The checkpoint's description is stored in the model's metadata under "polypseg".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from polypseg.checkpoint import build_model, describe, load_checkpoint
+from polypseg.errors import PolypsegError
+from polypseg.imageio import read_rgb, resize_to
+
+OPSET = 17
+
+
+class ProbabilityModel(nn.Module):
+    """uint8 RGB batch -> probabilities: the whole inference graph in one module."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(image.float()))
+
+
+def _sample_frames(data, height: int, width: int, n: int = 4) -> np.ndarray:
+    """(n, 3, H, W) uint8 real frames from the dataset, for the parity check and calibration."""
+    from polypseg.data.layouts import discover
+
+    pairs = discover(data).pairs
+    step = max(1, len(pairs) // n)
+    frames = [resize_to(read_rgb(p.image), height, width) for p in pairs[::step][:n]]
+    return np.stack(frames).transpose(0, 3, 1, 2).copy()
+
+
+def export_module(wrapper: nn.Module, path: Path, h: int, w: int, dynamic_batch: bool = False) -> None:
+    """torch.onnx.export of a ProbabilityModel with a uint8 (B, 3, h, w) input."""
+    kwargs = dict(input_names=["image"], output_names=["probability"], opset_version=OPSET)
+    if dynamic_batch:
+        kwargs["dynamic_axes"] = {"image": {0: "batch"}, "probability": {0: "batch"}}
+    with torch.no_grad():
+        # The TorchScript exporter: a plain conv net needs nothing more, and it adds no export-time deps.
+        torch.onnx.export(wrapper.eval(), (torch.zeros(1, 3, h, w, dtype=torch.uint8),), str(path), dynamo=False, **kwargs)
+
+
+def load_onnx(path: str | os.PathLike):
+    """An onnxruntime CPU session and the polypseg description of an exported model."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise PolypsegError(f"model not found: {path}")
+    try:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for any unreadable file
+        raise PolypsegError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:120]})") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    if "polypseg" not in meta:
+        raise PolypsegError(f"{path}: an ONNX model, but not a polypseg polyp model (no polypseg metadata)")
+    desc = json.loads(meta["polypseg"])
+    inp = session.get_inputs()[0]
+    if len(inp.shape) != 4 or inp.shape[1] != 3:
+        raise PolypsegError(f"{path}: expected an input of shape (B, 3, H, W), found {inp.shape}")
+    return session, desc
+
+
+def export_onnx(checkpoint: str | None, out: str, prune: int | None = None, dynamic_batch: bool = False,
+                data=None, quantize: str = "none", verify: bool = True, quiet: bool = False) -> dict:
+    """Export, attach metadata, and check ONNX Runtime against PyTorch on real frames (fp32, max |dp| <= 1e-3)."""
+    import onnx
+
+    from polypseg.predict import bundled_checkpoint
+
+    ckpt = load_checkpoint(checkpoint or bundled_checkpoint())
+    model = build_model(ckpt, prune)
+    h, w = ckpt["input"]["height"], ckpt["input"]["width"]
+    wrapper = ProbabilityModel(model).eval()
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    export_module(wrapper, tmp, h, w, dynamic_batch)
+    desc = describe(ckpt)
+    desc["prune"] = prune or 0
+    desc["onnx"] = {"input": "image (B,3,H,W) uint8 RGB", "output": "probability (B,1,H,W) float32",
+                    "dynamic_batch": dynamic_batch}
+    m = onnx.load(str(tmp))
+    entry = m.metadata_props.add()
+    entry.key, entry.value = "polypseg", json.dumps(desc)
+    onnx.save(m, str(tmp))
+    os.replace(tmp, out_path)
+    report = {"onnx": str(out_path), "input_size": [h, w], "prune": prune or 0}
+    if verify:
+        frames = _sample_frames(data, h, w)
+        session, _ = load_onnx(out_path)
+        with torch.no_grad():
+            ref = wrapper(torch.from_numpy(frames)).numpy()
+        got = np.concatenate([session.run(None, {"image": frames[i : i + 1]})[0] for i in range(len(frames))])
+        diff = float(np.abs(ref - got).max())
+        report.update(parity_frames=len(frames), max_abs_diff=diff)
+        if not quiet:
+            print(f"parity on {len(frames)} real frames: max |p_onnx - p_torch| = {diff:.2e} (limit 1e-3)")
+        if diff > 1e-3:
+            out_path.unlink()
+            raise PolypsegError(f"ONNX output differs from PyTorch by {diff:.2e} > 1e-3; export removed")
+    if quantize == "int8":
+        report["int8"] = quantize_int8(out_path, data, h, w)
+        if not quiet:
+            print(f"int8 model: {report['int8']}")
+    if not quiet:
+        print(f"wrote {out_path}")
+    return report
+
+
+def quantize_int8(fp32_path: Path, data, h: int, w: int) -> str:
+    """Static QDQ int8 quantisation calibrated on real frames (onnxruntime.quantization)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    frames = _sample_frames(data, h, w, n=16)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(frames[i : i + 1] for i in range(len(frames)))
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"image": x}
+
+    out = fp32_path.with_name(fp32_path.stem + "_int8.onnx")
+    tmp = out.with_name(f".{out.name}.tmp")
+    quantize_static(str(fp32_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    import onnx
+
+    m = onnx.load(str(tmp))
+    src = onnx.load(str(fp32_path))
+    for p in src.metadata_props:
+        e = m.metadata_props.add()
+        e.key, e.value = p.key, p.value
+    onnx.save(m, str(tmp))
+    os.replace(tmp, out)
+    return str(out)
