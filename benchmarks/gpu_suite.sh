@@ -29,7 +29,7 @@ fi
 START=$(date +%s)
 log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
 # Reports embed images (~3 MB each): only fold 0's and the random split's travel back.
-pack() { (cd "$W" && tar czf ../results.tgz --exclude='*.pt' --exclude='*.tmp*' --exclude='.*' \
+pack() { (cd "$W" && tar czf ../results.tgz --exclude='*.pt' --exclude='*.tmp*' --exclude='./.*' \
   $(ls -d */report.html 2>/dev/null | grep -v -E '^eval_(fold0|random)/' | sed 's/^/--exclude=/') .) 2>/dev/null; }
 stage() { local name=$1; shift; log "stage $name: $*"; if "$@" >>"$LOG" 2>&1; then log "stage $name ok"; else log "stage $name FAILED"; fi; pack; }
 train() {  # train NAME T SET...
