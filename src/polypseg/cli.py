@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate", help="full metric set, detection, frame classification, HTML report", formatter_class=fmt,
         epilog="example:\n  polypseg evaluate --checkpoint runs/full/best.pt --data ../shared/datasets/PolypGen-val --out eval/",
     )
-    ev.add_argument("--checkpoint", help="model (.pt, .safetensors; default: the bundled model)")
+    ev.add_argument("--checkpoint", help="model (.pt, .safetensors; or full/fast for the bundled models; default: full)")
     _data_args(ev)
     ev.add_argument("--split", default="test", help="test (the checkpoint's held-out frames) | all | a split.json")
     ev.add_argument("--out", default="eval", help="output folder")
@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example:\n  polypseg predict frames/ procedure.mp4 --out predictions/",
     )
     pr.add_argument("inputs", nargs="+", help="image files, folders, globs or videos")
-    pr.add_argument("--checkpoint", help="model (.pt, .safetensors, .onnx; default: the bundled model)")
+    pr.add_argument("--checkpoint", help="model (.pt, .safetensors, .onnx; or full/fast for the bundled models; default: full)")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--threshold", type=float)
     pr.add_argument("--tta", action="store_true")

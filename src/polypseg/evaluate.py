@@ -30,7 +30,7 @@ from polypseg.data.validate import validate
 from polypseg.errors import PolypsegError
 from polypseg.imageio import read_mask, read_rgb
 from polypseg.metrics import threshold_sweep
-from polypseg.predict import Predictor, bundled_checkpoint
+from polypseg.predict import Predictor, resolve_checkpoint
 
 SEG_KEYS = ["dice", "iou", "precision", "recall", "specificity", "mae", "s_measure", "wf_measure",
             "mean_e_measure", "max_e_measure", "mdice", "miou", "hd95"]
@@ -137,7 +137,7 @@ def evaluate(checkpoint: str | None = None, data=None, images=None, masks=None, 
     """Evaluate a checkpoint on a dataset; write metrics.json, per_image.csv and report.html to `out`."""
     from polypseg.predict import overlay
 
-    ckpt_path = Path(checkpoint) if checkpoint else bundled_checkpoint()
+    ckpt_path = resolve_checkpoint(checkpoint)
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise PolypsegError(f"{out_dir} exists and is not empty; pass --overwrite to replace its contents")

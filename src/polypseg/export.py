@@ -81,9 +81,9 @@ def export_onnx(checkpoint: str | None, out: str, prune: int | None = None, dyna
     """Export, attach metadata, and check ONNX Runtime against PyTorch on real frames (fp32, max |dp| <= 1e-3)."""
     import onnx
 
-    from polypseg.predict import bundled_checkpoint
+    from polypseg.predict import resolve_checkpoint
 
-    ckpt = load_checkpoint(checkpoint or bundled_checkpoint())
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     model = build_model(ckpt, prune)
     h, w = ckpt["input"]["height"], ckpt["input"]["width"]
     wrapper = ProbabilityModel(model).eval()

@@ -41,6 +41,15 @@ def bundled_checkpoint(which: str = "full") -> Path:
     return path
 
 
+def resolve_checkpoint(path: str | os.PathLike | None, default: str = "full") -> Path:
+    """A checkpoint path; None or the names "full"/"fast" (with no such file) mean the bundled models."""
+    if path is None:
+        return bundled_checkpoint(default)
+    if str(path) in BUNDLED and not Path(path).exists():
+        return bundled_checkpoint(str(path))
+    return Path(path)
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,7 +98,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto", prune: int | None = None,
                         threshold: float | None = None, tta: bool = False, min_area: int = 50) -> Predictor:
-        path = Path(path) if path else bundled_checkpoint("fast" if prune else "full")
+        path = resolve_checkpoint(path, "fast" if prune else "full")
         if path.suffix == ".onnx":
             from polypseg.export import load_onnx
 

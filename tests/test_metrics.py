@@ -1,0 +1,113 @@
+"""Metric functions on hand-made masks with hand-computed answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from polypseg import detection
+from polypseg.evaluate import auroc, frame_metrics, hd95, saliency_metrics
+from polypseg.metrics import batch_dice_iou, confusion, dice, iou, threshold_sweep
+
+
+def box(h, w, y0, y1, x0, x1):
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_counts_and_dice_table():
+    gt = box(10, 10, 0, 4, 0, 5)  # 20 px
+    pred = box(10, 10, 0, 4, 0, 10)  # 40 px, 20 overlap
+    tp, fp, fn, tn = (float(v) for v in confusion(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None]))
+    assert (tp, fp, fn, tn) == (20, 20, 0, 60)
+    assert float(dice(torch.tensor(tp), torch.tensor(fp), torch.tensor(fn))) == pytest.approx(40 / 60)
+    assert float(iou(torch.tensor(tp), torch.tensor(fp), torch.tensor(fn))) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "pred, gt, d, j",
+    [
+        (box(8, 8, 2, 6, 2, 6), box(8, 8, 2, 6, 2, 6), 1.0, 1.0),  # perfect
+        (np.zeros((8, 8), bool), box(8, 8, 2, 6, 2, 6), 0.0, 0.0),  # empty prediction
+        (box(8, 8, 0, 2, 0, 2), box(8, 8, 5, 8, 5, 8), 0.0, 0.0),  # disjoint
+        (box(8, 8, 0, 8, 0, 4), box(8, 8, 0, 8, 0, 8), 2 * 32 / 96, 0.5),  # half overlap
+    ],
+)
+def test_frame_metrics_cases(pred, gt, d, j):
+    m, _ = frame_metrics(pred.astype(np.float32), gt)
+    assert m["dice"] == pytest.approx(d) and m["iou"] == pytest.approx(j)
+
+
+def test_empty_truth_is_excluded_from_batch_means():
+    prob = torch.zeros(2, 1, 4, 4)
+    prob[0, 0, :2] = 1
+    gt = torch.zeros(2, 1, 4, 4)
+    gt[0, 0, :2] = 1
+    d, j, has = batch_dice_iou(prob, gt)
+    assert has.tolist() == [True, False] and float(d[0]) == 1.0
+
+
+def test_threshold_sweep_matches_brute_force():
+    rng = np.random.default_rng(0)
+    prob = rng.random((20, 30)).astype(np.float32)
+    gt = rng.random((20, 30)) > 0.6
+    sweep = threshold_sweep(prob, gt)
+    q = np.round(prob * 255)
+    for k in (0, 64, 128, 200, 255):
+        p = q >= k
+        tp, fp, fn = (p & gt).sum(), (p & ~gt).sum(), (~p & gt).sum()
+        assert sweep["dice"][k] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0)
+    assert len(sweep["dice"]) == 256
+
+
+def test_saliency_metrics_hand_cases():
+    gt = box(32, 32, 8, 24, 8, 24)
+    perfect = saliency_metrics(gt.astype(np.float32), gt)
+    assert perfect["mae"] == 0 and perfect["s_measure"] == pytest.approx(1.0) and perfect["wf_measure"] == pytest.approx(1.0)
+    assert perfect["max_e_measure"] == pytest.approx(1.0, abs=1e-3)
+    half = np.full((32, 32), 0.5, np.float32)
+    assert saliency_metrics(half, gt)["mae"] == pytest.approx(0.5, abs=1 / 255)
+
+
+def test_hd95():
+    a = box(50, 50, 10, 20, 10, 20)
+    assert hd95(a, a) == 0
+    b = box(50, 50, 10, 20, 15, 25)  # shifted 5 px right
+    assert 4 <= hd95(a, b) <= 5
+    assert math.isnan(hd95(np.zeros((5, 5), bool), a[:5, :5]))
+
+
+def test_detection_two_polyps_one_found():
+    gt = box(40, 40, 2, 10, 2, 10) | box(40, 40, 25, 35, 25, 35)
+    pred = box(40, 40, 3, 9, 3, 9) | box(40, 40, 25, 30, 0, 5)  # one hit, one false alarm
+    c = detection.match(pred, gt)
+    assert (c.tp, c.fp, c.fn, c.n_polyps) == (1, 1, 1, 2)
+    s = detection.summarize([c])
+    assert s["recall"] == 0.5 and s["precision"] == 0.5 and s["fp_per_frame"] == 1
+
+
+def test_detection_one_polyp_hit_twice_counts_once():
+    gt = box(40, 40, 5, 35, 5, 35)
+    pred = box(40, 40, 6, 12, 6, 12) | box(40, 40, 20, 30, 20, 30)
+    c = detection.match(pred, gt)
+    assert (c.tp, c.fp, c.fn, c.n_detections) == (1, 0, 0, 2)
+
+
+def test_detection_min_area_and_centroid_rule():
+    gt = box(40, 40, 0, 40, 0, 20)
+    ring = np.zeros((40, 40), bool)
+    ring[5:35, 12:22] = True  # centroid x = 16.5, inside the polyp (columns 0-19)
+    c = detection.match(ring | box(40, 40, 0, 1, 39, 40), gt, min_area=5)  # 1-px blob ignored
+    assert (c.tp, c.fp, c.n_detections) == (1, 0, 1)
+
+
+def test_auroc_hand_computed():
+    scores = np.array([0.9, 0.8, 0.3, 0.2])
+    assert auroc(scores, np.array([True, True, False, False])) == 1.0
+    assert auroc(scores, np.array([False, False, True, True])) == 0.0
+    assert auroc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
+    assert auroc(np.array([0.9, 0.4, 0.6]), np.array([True, True, False])) == 0.5

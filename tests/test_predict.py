@@ -1,0 +1,126 @@
+"""`polypseg predict` and the Predictor API on real frames, images and a video made from real frames."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+
+from polypseg import Predictor
+from polypseg.cli import main
+from polypseg.evaluate import evaluate
+from polypseg.imageio import read_rgb
+
+SCHEMA = {
+    "type": "object",
+    "required": ["file", "width", "height", "threshold", "polyp_present_score", "polyps"],
+    "properties": {
+        "width": {"type": "integer", "minimum": 1}, "height": {"type": "integer", "minimum": 1},
+        "polyp_present_score": {"type": "number", "minimum": 0, "maximum": 1},
+        "polyps": {"type": "array", "items": {
+            "type": "object", "required": ["box_xyxy", "area_px", "score", "centroid"],
+            "properties": {"box_xyxy": {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4},
+                           "area_px": {"type": "integer"}, "score": {"type": "number"},
+                           "centroid": {"type": "array", "minItems": 2, "maxItems": 2}}}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def frames(cvc, polypgen, tmp_path_factory):
+    d = tmp_path_factory.mktemp("frames")
+    shutil.copy(cvc / "PNG" / "Original" / "5.png", d / "cvc5.png")
+    big = sorted((polypgen / "images").iterdir())[0]
+    shutil.copy(big, d / "big.jpg")
+    rgb = read_rgb(cvc / "PNG" / "Original" / "7.png")
+    cv2.imwrite(str(d / "grey.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    cv2.imwrite(str(d / "rgba.png"), cv2.cvtColor(rgb[:, :, ::-1], cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(d / "deep.png"), rgb[:, :, ::-1].astype(np.uint16) * 257)
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (d / "readme.txt").write_text("not an image")
+    return d
+
+
+def test_predict_folder(tiny_run, frames, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert main(["predict", str(frames), "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--device", "cpu"]) == 0
+    cap = capsys.readouterr()
+    assert "frames/s on CPU" in cap.out and "broken.png" in cap.err  # reported and skipped
+    for name in ("cvc5", "big", "grey", "rgba", "deep"):
+        rec = json.loads((out / f"{name}.json").read_text())
+        jsonschema.validate(rec, SCHEMA)
+        src = cv2.imread(str(frames / (name + (".jpg" if name == "big" else ".png"))), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(out / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED)
+        over = cv2.imread(str(out / f"{name}_overlay.png"))
+        assert mask.shape == src.shape[:2] == over.shape[:2] == (rec["height"], rec["width"])
+        assert set(np.unique(mask)) <= {0, 255}
+    assert not (out / "readme.json").exists() and not (out / "broken.json").exists()
+    # An existing output folder needs --overwrite; the input folder is never an output.
+    assert main(["predict", str(frames), "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["predict", str(frames), "--checkpoint", str(tiny_run / "best.pt"), "--out", str(frames), "--overwrite"]) == 2
+    assert "input folder" in capsys.readouterr().err
+
+
+def test_api_matches_cli_and_evaluation(tiny_run, frames, cvc_subset, tmp_path):
+    p = Predictor.from_checkpoint(tiny_run / "best.pt", device="cpu")
+    rgb = read_rgb(frames / "cvc5.png")
+    r = p.predict(rgb)
+    out = tmp_path / "one"
+    assert main(["predict", str(frames / "cvc5.png"), "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    cli = json.loads((out / "cvc5.json").read_text())
+    assert cli["polyps"] == r.to_json()["polyps"] and cli["polyp_present_score"] == r.polyp_present_score
+    assert np.array_equal(cv2.imread(str(out / "cvc5_mask.png"), 0) > 0, r.mask)
+    batch = p.predict_batch([rgb, rgb[:, ::-1]])
+    assert batch[0].to_json() == r.to_json() and len(batch) == 2
+    # The evaluation path sees exactly the same probabilities (frame 5 of the subset).
+    ev = evaluate(checkpoint=str(tiny_run / "best.pt"), data=cvc_subset, split="all", out=str(tmp_path / "ev"),
+                  device="cpu", progress=False, quiet=True)
+    import csv
+
+    row = next(x for x in csv.DictReader(open(tmp_path / "ev" / "per_image.csv")) if x["name"] == "5")
+    assert float(row["polyp_present_score"]) == pytest.approx(r.polyp_present_score, abs=1e-4)
+    assert ev["frames"] == 40
+
+
+def test_predict_video(tiny_run, cvc, tmp_path):
+    video = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (384, 288))
+    for n in range(1, 13):
+        w.write(cv2.imread(str(cvc / "PNG" / "Original" / f"{n}.png")))
+    w.release()
+    out = tmp_path / "vid"
+    assert main(["predict", str(video), "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--device", "cpu",
+                 "--batch-size", "5"]) == 0
+    lines = [json.loads(x) for x in (out / "clip.jsonl").read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(12))
+    for x in lines:
+        jsonschema.validate(x, SCHEMA)
+    cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    assert count == 12
+    s = json.loads((out / "clip_summary.json").read_text())
+    assert s["frames"] == 12 and s["frames_with_polyp"] == sum(bool(x["polyps"]) for x in lines)
+    assert sum(e["frames"] for e in s["episodes"]) == s["frames_with_polyp"]
+
+
+def test_unopenable_video_is_one_line_error(tiny_run, tmp_path, capsys):
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    assert main(["predict", str(tmp_path / "bad.mp4"), "--checkpoint", str(tiny_run / "best.pt"), "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open video" in err and "nothing could be processed" in err and "Traceback" not in err
+
+
+def test_bundled_models_load():
+    p = Predictor.from_checkpoint("fast", device="cpu")
+    assert (p.height, p.width) == (144, 192) and p.meta["arch"]["kwargs"]["width"] == 16
+    full = Predictor.from_checkpoint(None, device="cpu")
+    assert (full.height, full.width) == (288, 384)
