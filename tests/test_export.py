@@ -1,0 +1,61 @@
+"""ONNX export: parity with PyTorch on real frames, ONNX Runtime through Predictor/predict, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from polypseg import Predictor
+from polypseg.cli import main
+from polypseg.imageio import read_rgb
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, cvc_subset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    assert main(["export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--data", str(cvc_subset),
+                 "--dynamic-batch"]) == 0
+    return out
+
+
+def test_export_parity_printed(tiny_run, cvc_subset, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--data", str(cvc_subset),
+                 "--prune", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "parity on 4 real frames: max |p_onnx - p_torch| =" in text
+    diff = float(text.split("= ")[1].split()[0])
+    assert diff <= 1e-3
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["polypseg"])["prune"] == 2
+
+
+def test_onnx_predictor_matches_pytorch(exported, tiny_run, cvc):
+    rgb = read_rgb(cvc / "PNG" / "Original" / "30.png")
+    a = Predictor.from_checkpoint(tiny_run / "best.pt", device="cpu").predict(rgb)
+    b = Predictor.from_checkpoint(exported).predict(rgb)
+    assert np.abs(a.probability - b.probability).max() < 1e-3
+    assert abs(a.polyp_present_score - b.polyp_present_score) < 1e-3 and (a.mask != b.mask).mean() < 1e-3
+
+
+def test_predict_cli_accepts_onnx(exported, cvc, tmp_path):
+    out = tmp_path / "p"
+    assert main(["predict", str(cvc / "PNG" / "Original" / "30.png"), "--checkpoint", str(exported), "--out", str(out)]) == 0
+    assert json.loads((out / "30.json").read_text())["width"] == 384
+
+
+def test_foreign_onnx_is_a_clear_error(tmp_path, capsys):
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8, 8])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    for name, msg in (("other.onnx", "not a polypseg polyp model"), ("junk.onnx", "not a readable ONNX model")):
+        assert main(["predict", str(tmp_path / "other.onnx"), "--checkpoint", str(tmp_path / name), "--out",
+                     str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1
