@@ -87,7 +87,9 @@ def bench_onnx(model, h, w, iters, batch) -> dict:
 def candidates(checkpoint: str | None):
     """(label, model) pairs: the checkpoint (accurate + each pruned head) or the default architectures."""
     if checkpoint:
-        ck = load_checkpoint(checkpoint)
+        from polypseg.predict import resolve_checkpoint
+
+        ck = load_checkpoint(resolve_checkpoint(checkpoint))
         yield f"{ck['arch']['name']} (checkpoint)", build_model(ck)
         if ck["arch"].get("kwargs", {}).get("deep_supervision"):
             for level in (1, 2, 3, 4):
