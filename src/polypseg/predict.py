@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from scipy import ndimage
 
 from polypseg.checkpoint import build_model, describe, load_checkpoint
 from polypseg.detection import components
@@ -142,15 +143,11 @@ class Predictor:
         prob = prob_net if prob_net.shape == (height, width) else cv2.resize(
             prob_net, (width, height), interpolation=cv2.INTER_LINEAR)
         mask = prob > self.threshold
-        _, comps = components(mask, self.min_area)
-        labels = None
-        polyps = []
-        for c in comps:
-            if labels is None:
-                _, labels, _, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-            polyps.append({"box_xyxy": list(c.box_xyxy), "area_px": c.area_px,
-                           "score": round(float(prob[labels == c.label].max()), 4),
-                           "centroid": [round(c.centroid[0], 1), round(c.centroid[1], 1)]})
+        labels, comps = components(mask, self.min_area)
+        # One pass for every component's peak probability (its score).
+        peaks = ndimage.maximum(prob, labels, [c.label for c in comps]) if comps else []
+        polyps = [{"box_xyxy": list(c.box_xyxy), "area_px": c.area_px, "score": round(float(peak), 4),
+                   "centroid": [round(c.centroid[0], 1), round(c.centroid[1], 1)]} for c, peak in zip(comps, peaks)]
         polyps.sort(key=lambda p: -p["score"])
         return Prediction(width, height, self.threshold, round(float(prob_net.max()), 4), polyps, prob, mask, file)
 
