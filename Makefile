@@ -7,7 +7,7 @@ ifneq ($(wildcard ../shared/datasets),)
 export POLYPSEG_DATA ?= $(abspath ../shared/datasets)
 endif
 
-.PHONY: demo test lint browser clean
+.PHONY: demo test lint clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

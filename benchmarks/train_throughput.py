@@ -69,10 +69,21 @@ def network_alone(device, width, size, batch, seconds, amp) -> float:
 def ours(data, device, width, size, batch, seconds, amp, backend) -> float:
     # Epoch-time img/s from the real loop (validation is outside the timed part); the first epoch is warm-up.
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(overrides=[
-            f"model.width={width}", f"data.height={size[0]}", f"data.width={size[1]}", f"optim.batch_size={batch}",
-            "optim.epochs=10000", "val_every=100000", f"time_limit_s={seconds}", f"device={device}",
-            f"amp={str(amp).lower()}", "data.split_by=frame", f"augment.backend={backend}"])
+        cfg = load_config(
+            overrides=[
+                f"model.width={width}",
+                f"data.height={size[0]}",
+                f"data.width={size[1]}",
+                f"optim.batch_size={batch}",
+                "optim.epochs=10000",
+                "val_every=100000",
+                f"time_limit_s={seconds}",
+                f"device={device}",
+                f"amp={str(amp).lower()}",
+                "data.split_by=frame",
+                f"augment.backend={backend}",
+            ]
+        )
         train(cfg, out=Path(tmp) / "run", data=data, progress=False)
         import csv
 
@@ -89,12 +100,16 @@ class ConventionalDataset(torch.utils.data.Dataset):
         try:
             import albumentations as A
 
-            self.tf = A.Compose([
-                A.Resize(*size), A.HorizontalFlip(), A.VerticalFlip(),
-                A.Affine(scale=(0.8, 1.2), rotate=(-30, 30), translate_percent=(-0.1, 0.1), p=1.0),
-                A.ColorJitter(0.2, 0.2, 0.2, 0.03, p=1.0),
-                A.Normalize(),
-            ])
+            self.tf = A.Compose(
+                [
+                    A.Resize(*size),
+                    A.HorizontalFlip(),
+                    A.VerticalFlip(),
+                    A.Affine(scale=(0.8, 1.2), rotate=(-30, 30), translate_percent=(-0.1, 0.1), p=1.0),
+                    A.ColorJitter(0.2, 0.2, 0.2, 0.03, p=1.0),
+                    A.Normalize(),
+                ]
+            )
             self.library = f"albumentations {A.__version__}"
         except ImportError:
             self.tf = None
@@ -113,16 +128,30 @@ class ConventionalDataset(torch.utils.data.Dataset):
         else:
             h, w = self.size
             img, mask = cv2.resize(img, (w, h)), cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-            m = cv2.getRotationMatrix2D((w / 2, h / 2), np.random.uniform(-30, 30), np.random.uniform(0.8, 1.2))
-            img, mask = cv2.warpAffine(img, m, (w, h)), cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_NEAREST)
+            m = cv2.getRotationMatrix2D(
+                (w / 2, h / 2), np.random.uniform(-30, 30), np.random.uniform(0.8, 1.2)
+            )
+            img, mask = (
+                cv2.warpAffine(img, m, (w, h)),
+                cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_NEAREST),
+            )
             img = (img.astype(np.float32) / 255 - 0.45) / 0.225
-        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float(), torch.from_numpy(mask[None].astype(np.float32))
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float(), torch.from_numpy(
+            mask[None].astype(np.float32)
+        )
 
 
 def conventional(pairs, device, width, size, batch, seconds, workers) -> tuple[float, str]:
     ds = ConventionalDataset(pairs, size)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     model = create_model("unetpp", width=width).to(device)
     model.normalize = torch.nn.Identity()  # this pipeline normalises on the CPU, as the seed does
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -157,29 +186,47 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     ap.add_argument("--no-amp", action="store_true")
-    ap.add_argument("--backends", default="torch,kornia", help="augmentation backends to time in the polypseg loop")
+    ap.add_argument(
+        "--backends", default="torch,kornia", help="augmentation backends to time in the polypseg loop"
+    )
     ap.add_argument("--json", default="benchmarks/results/train_throughput.json")
     a = ap.parse_args()
     device = torch.device(a.device)
     data = resolve_data(a.data)
     size = tuple(a.size)
-    res = {"device": device_name(device), "torch": torch.__version__, "host": platform.node(), "cpu_count": os.cpu_count(),
-           "date": time.strftime("%Y-%m-%d %H:%M"), "model": f"unetpp width {a.width}", "size": list(size),
-           "batch": a.batch, "amp_bf16": (not a.no_amp) and device.type == "cuda"}
+    res = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "model": f"unetpp width {a.width}",
+        "size": list(size),
+        "batch": a.batch,
+        "amp_bf16": (not a.no_amp) and device.type == "cuda",
+    }
     print(f"device: {res['device']}; unetpp width {a.width} at {size[0]}x{size[1]}, batch {a.batch}")
-    res["network_alone_img_s"] = round(network_alone(device, a.width, size, a.batch, a.seconds, not a.no_amp), 1)
+    res["network_alone_img_s"] = round(
+        network_alone(device, a.width, size, a.batch, a.seconds, not a.no_amp), 1
+    )
     print(f"  network alone (synthetic, on device):   {res['network_alone_img_s']:8.1f} img/s")
     for backend in a.backends.split(","):
         v = ours(data, a.device, a.width, size, a.batch, a.seconds, not a.no_amp, backend)
         res[f"polypseg_{backend}_img_s"] = round(v, 1)
         print(f"  polypseg loop (augment: {backend:7s}):     {v:8.1f} img/s")
     v, lib = conventional(discover(data).pairs, device, a.width, size, a.batch, a.seconds, a.workers)
-    res["conventional_img_s"], res["conventional_aug"], res["conventional_workers"] = round(v, 1), lib, a.workers
+    res["conventional_img_s"], res["conventional_aug"], res["conventional_workers"] = (
+        round(v, 1),
+        lib,
+        a.workers,
+    )
     print(f"  conventional (DataLoader x{a.workers}, {lib}, fp32): {v:8.1f} img/s")
     best = max(res[k] for k in res if k.startswith("polypseg_"))
     res["speedup_vs_conventional"] = round(best / res["conventional_img_s"], 2)
     res["loop_vs_network"] = round(best / res["network_alone_img_s"], 3)
-    print(f"  polypseg / conventional: {res['speedup_vs_conventional']}x; loop / network alone: {res['loop_vs_network']}")
+    print(
+        f"  polypseg / conventional: {res['speedup_vs_conventional']}x; loop / network alone: {res['loop_vs_network']}"
+    )
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(res, indent=1))
     print(f"wrote {a.json}")

@@ -42,8 +42,10 @@ def polypgen() -> Path:
 
 
 SUBSET_FRAMES = {  # frame -> sequence: 10 frames from each of 4 CVC-ClinicDB sequences
-    **{n: 1 for n in range(1, 11)}, **{n: 2 for n in range(26, 36)},
-    **{n: 3 for n in range(51, 61)}, **{n: 5 for n in range(80, 90)},
+    **{n: 1 for n in range(1, 11)},
+    **{n: 2 for n in range(26, 36)},
+    **{n: 3 for n in range(51, 61)},
+    **{n: 5 for n in range(80, 90)},
 }
 
 
@@ -57,7 +59,8 @@ def cvc_subset(cvc, tmp_path_factory) -> Path:
         (root / "images" / f"{n}.png").symlink_to(cvc / "PNG" / "Original" / f"{n}.png")
         (root / "masks" / f"{n}.png").symlink_to(cvc / "PNG" / "Ground Truth" / f"{n}.png")
     (root.parent / f"{root.name}_groups.csv").write_text(
-        "frame,sequence\n" + "".join(f"{n},{s}\n" for n, s in SUBSET_FRAMES.items()))
+        "frame,sequence\n" + "".join(f"{n},{s}\n" for n, s in SUBSET_FRAMES.items())
+    )
     return root
 
 
@@ -66,8 +69,15 @@ def subset_groups(cvc_subset) -> Path:
     return cvc_subset.parent / f"{cvc_subset.name}_groups.csv"
 
 
-TINY = ["model.width=4", "data.height=64", "data.width=80", "optim.epochs=2", "optim.batch_size=8",
-        "optim.warmup_epochs=1", "augment.rotate=10"]
+TINY = [
+    "model.width=4",
+    "data.height=64",
+    "data.width=80",
+    "optim.epochs=2",
+    "optim.batch_size=8",
+    "optim.warmup_epochs=1",
+    "augment.rotate=10",
+]
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,9 @@ def test_cache_hit_and_invalidation(cvc, tmp_path):
     c = load_decoded(pairs, 64, 80, cache_dir=cache, progress=False)
     assert c.fingerprint != a.fingerprint and not np.array_equal(c.images[1], a.images[1])
     assert np.array_equal(c.images[0], a.images[0])
-    assert sorted(p.name for p in root.rglob("*")) == sorted(["images", "masks"] + [f"{n}.png" for n in (1, 2, 3, 4)] * 2)
+    assert sorted(p.name for p in root.rglob("*")) == sorted(
+        ["images", "masks"] + [f"{n}.png" for n in (1, 2, 3, 4)] * 2
+    )
 
 
 def test_fingerprint_depends_on_size(cvc_subset):

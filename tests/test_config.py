@@ -9,7 +9,9 @@ from polypseg.errors import PolypsegError
 def test_presets_and_overrides(tmp_path):
     fast = load_config(preset="fast")
     assert fast.model.width == 8 and fast.data.height == 160
-    full = load_config(preset="full", overrides=["optim.lr=1e-3", "model.name=unet", "loss.head_weights=[1,2,3,4]"])
+    full = load_config(
+        preset="full", overrides=["optim.lr=1e-3", "model.name=unet", "loss.head_weights=[1,2,3,4]"]
+    )
     assert full.model.width == 32 and full.optim.lr == 1e-3 and full.model.name == "unet"
     assert full.loss.head_weights == [1.0, 2.0, 3.0, 4.0]
     (tmp_path / "c.yaml").write_text("optim:\n  epochs: 7\nseed: 5\n")
@@ -26,8 +28,13 @@ def test_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("optim.lrr=1", "unknown config key 'optim.lrr'"), ("optim.epochs=abc", "expected an integer"),
-     ("amp=maybe", "expected true/false"), ("nokey", "key=value"), ("model=3", "expected a mapping")],
+    [
+        ("optim.lrr=1", "unknown config key 'optim.lrr'"),
+        ("optim.epochs=abc", "expected an integer"),
+        ("amp=maybe", "expected true/false"),
+        ("nokey", "key=value"),
+        ("model=3", "expected a mapping"),
+    ],
 )
 def test_bad_overrides_rejected_by_name(override, message):
     with pytest.raises(PolypsegError, match=message):

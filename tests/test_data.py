@@ -22,7 +22,13 @@ def test_cvc_clinicdb_summary(cvc, capsys):
     before = _snapshot(cvc)
     assert main(["data", "check", str(cvc), "--json", "--strict"]) == 0
     s = json.loads(capsys.readouterr().out)
-    assert (s["layout"], s["pairs"], s["groups"], s["errors"], s["warnings"]) == ("cvc-clinicdb", 612, 29, 0, 0)
+    assert (s["layout"], s["pairs"], s["groups"], s["errors"], s["warnings"]) == (
+        "cvc-clinicdb",
+        612,
+        29,
+        0,
+        0,
+    )
     assert s["negatives"] == 0 and s["image_sizes"] == {"384x288": 612}
     assert _snapshot(cvc) == before  # nothing written into the data folder
 
@@ -39,8 +45,20 @@ def test_pairs_by_stem_not_order(polypgen):
 
 
 def test_explicit_folders_and_default(cvc, capsys):
-    assert main(["data", "check", "--images", str(cvc / "PNG" / "Original"),
-                 "--masks", str(cvc / "PNG" / "Ground Truth"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "check",
+                "--images",
+                str(cvc / "PNG" / "Original"),
+                "--masks",
+                str(cvc / "PNG" / "Ground Truth"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["pairs"] == 612
     assert main(["data", "check", "--json"]) == 0  # default: $POLYPSEG_DATA/CVC-ClinicDB
     assert json.loads(capsys.readouterr().out)["pairs"] == 612

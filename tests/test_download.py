@@ -26,14 +26,32 @@ def server(cvc, tmp_path):
     httpd.RequestHandlerClass.log_message = lambda *a: None
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", hashlib.sha256((site / "cvc.zip").read_bytes()).hexdigest()
+    yield (
+        f"http://127.0.0.1:{httpd.server_address[1]}",
+        hashlib.sha256((site / "cvc.zip").read_bytes()).hexdigest(),
+    )
     httpd.shutdown()
 
 
 def test_download_verifies_and_unpacks(server, tmp_path, capsys):
     base, digest = server
     dest = tmp_path / "datasets"
-    assert main(["data", "download", "cvc-clinicdb", "--url", f"{base}/cvc.zip", "--sha256", digest, "--dest", str(dest)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "download",
+                "cvc-clinicdb",
+                "--url",
+                f"{base}/cvc.zip",
+                "--sha256",
+                digest,
+                "--dest",
+                str(dest),
+            ]
+        )
+        == 0
+    )
     assert main(["data", "check", str(dest / "CVC-ClinicDB"), "--strict"]) == 0
     assert "pairs:      2" in capsys.readouterr().out
 
@@ -41,10 +59,27 @@ def test_download_verifies_and_unpacks(server, tmp_path, capsys):
 def test_bad_checksum_keeps_nothing(server, tmp_path, capsys):
     base, _ = server
     dest = tmp_path / "datasets"
-    assert main(["data", "download", "cvc-clinicdb", "--url", f"{base}/cvc.zip", "--sha256", "0" * 64, "--dest", str(dest)]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "download",
+                "cvc-clinicdb",
+                "--url",
+                f"{base}/cvc.zip",
+                "--sha256",
+                "0" * 64,
+                "--dest",
+                str(dest),
+            ]
+        )
+        == 2
+    )
     assert "checksum mismatch" in capsys.readouterr().err
     assert list(dest.iterdir()) == []
-    assert main(["data", "download", "cvc-clinicdb", "--url", f"{base}/missing.zip", "--dest", str(dest)]) == 2
+    assert (
+        main(["data", "download", "cvc-clinicdb", "--url", f"{base}/missing.zip", "--dest", str(dest)]) == 2
+    )
     assert "download failed" in capsys.readouterr().err
     assert main(["data", "download", "cvc-clinicdb", "--dest", str(dest)]) == 2
     assert "--url" in capsys.readouterr().err

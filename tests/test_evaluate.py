@@ -24,14 +24,39 @@ class _Images(HTMLParser):
 
 def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--out", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--data",
+                str(cvc_subset),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     screen = capsys.readouterr().out
     assert "held-out frames of the checkpoint's split" in screen and "mDice(256 thr)" in screen
     m = json.loads((out / "metrics.json").read_text())
     val = json.loads((tiny_run / "split.json").read_text())["val"]
     assert m["frames"] == len(val) and m["threshold"] == 0.5 and len(m["checkpoint_sha256"]) == 64
-    for k in ("dice", "iou", "mdice", "miou", "s_measure", "wf_measure", "mean_e_measure", "max_e_measure", "mae", "hd95"):
+    for k in (
+        "dice",
+        "iou",
+        "mdice",
+        "miou",
+        "s_measure",
+        "wf_measure",
+        "mean_e_measure",
+        "max_e_measure",
+        "mae",
+        "hd95",
+    ):
         assert k in m["segmentation"]
     assert set(m["detection"]) >= {"recall", "precision", "f1", "fp_per_frame"}
     assert "resized" in m["resize_note"]  # 384x288 frames through a 80x64 network
@@ -53,10 +78,28 @@ def test_evaluate_external_data_with_negatives(tiny_run, polypgen, tmp_path):
     pairs = discover(polypgen).pairs
     neg = [p.name for p in pairs if not read_mask(p.mask).any()][:3]
     pos = [p.name for p in pairs if p.name not in neg][:3]
-    (tmp_path / "s.json").write_text(json.dumps({"method": "group", "seed": 0, "train": [], "val": neg + pos}))
+    (tmp_path / "s.json").write_text(
+        json.dumps({"method": "group", "seed": 0, "train": [], "val": neg + pos})
+    )
     out = tmp_path / "ext"
-    assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(polypgen), "--split",
-                 str(tmp_path / "s.json"), "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--data",
+                str(polypgen),
+                "--split",
+                str(tmp_path / "s.json"),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["frames"] == 6 and m["polyp_frames"] == 3 and m["negatives"]["frames"] == 3
     assert m["classification"]["negatives"] == 3 and 0 <= m["classification"]["auroc"] <= 1
@@ -73,9 +116,18 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
     (tmp_path / "empty" / "images").mkdir(parents=True)
     (tmp_path / "empty" / "masks").mkdir()
     cases = [
-        (["--checkpoint", str(tmp_path / "corrupt.pt"), "--data", str(cvc_subset)], "corrupt or unreadable checkpoint"),
-        (["--checkpoint", str(tmp_path / "unknown.pt"), "--data", str(cvc_subset)], "unknown architecture 'segformer'"),
-        (["--checkpoint", str(tiny_run / "best.pt"), "--data", str(tmp_path / "empty")], "no usable image/mask pairs"),
+        (
+            ["--checkpoint", str(tmp_path / "corrupt.pt"), "--data", str(cvc_subset)],
+            "corrupt or unreadable checkpoint",
+        ),
+        (
+            ["--checkpoint", str(tmp_path / "unknown.pt"), "--data", str(cvc_subset)],
+            "unknown architecture 'segformer'",
+        ),
+        (
+            ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(tmp_path / "empty")],
+            "no usable image/mask pairs",
+        ),
         (["--checkpoint", str(tmp_path / "missing.pt"), "--data", str(cvc_subset)], "checkpoint not found"),
     ]
     for args, msg in cases:

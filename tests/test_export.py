@@ -17,15 +17,42 @@ from polypseg.imageio import read_rgb
 @pytest.fixture(scope="module")
 def exported(tiny_run, cvc_subset, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    assert main(["export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--data", str(cvc_subset),
-                 "--dynamic-batch"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--out",
+                str(out),
+                "--data",
+                str(cvc_subset),
+                "--dynamic-batch",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def test_export_parity_printed(tiny_run, cvc_subset, tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    assert main(["export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--data", str(cvc_subset),
-                 "--prune", "2"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--out",
+                str(out),
+                "--data",
+                str(cvc_subset),
+                "--prune",
+                "2",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "parity on 4 real frames: max |p_onnx - p_torch| =" in text
     diff = float(text.split("= ")[1].split()[0])
@@ -44,18 +71,48 @@ def test_onnx_predictor_matches_pytorch(exported, tiny_run, cvc):
 
 def test_predict_cli_accepts_onnx(exported, cvc, tmp_path):
     out = tmp_path / "p"
-    assert main(["predict", str(cvc / "PNG" / "Original" / "30.png"), "--checkpoint", str(exported), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(cvc / "PNG" / "Original" / "30.png"),
+                "--checkpoint",
+                str(exported),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "30.json").read_text())["width"] == 384
 
 
 def test_foreign_onnx_is_a_clear_error(tmp_path, capsys):
     node = helper.make_node("Identity", ["x"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8, 8])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
     onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
     (tmp_path / "junk.onnx").write_bytes(b"junk")
-    for name, msg in (("other.onnx", "not a polypseg polyp model"), ("junk.onnx", "not a readable ONNX model")):
-        assert main(["predict", str(tmp_path / "other.onnx"), "--checkpoint", str(tmp_path / name), "--out",
-                     str(tmp_path / "o")]) == 2
+    for name, msg in (
+        ("other.onnx", "not a polypseg polyp model"),
+        ("junk.onnx", "not a readable ONNX model"),
+    ):
+        assert (
+            main(
+                [
+                    "predict",
+                    str(tmp_path / "other.onnx"),
+                    "--checkpoint",
+                    str(tmp_path / name),
+                    "--out",
+                    str(tmp_path / "o"),
+                ]
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1

@@ -67,7 +67,11 @@ def test_threshold_sweep_matches_brute_force():
 def test_saliency_metrics_hand_cases():
     gt = box(32, 32, 8, 24, 8, 24)
     perfect = saliency_metrics(gt.astype(np.float32), gt)
-    assert perfect["mae"] == 0 and perfect["s_measure"] == pytest.approx(1.0) and perfect["wf_measure"] == pytest.approx(1.0)
+    assert (
+        perfect["mae"] == 0
+        and perfect["s_measure"] == pytest.approx(1.0)
+        and perfect["wf_measure"] == pytest.approx(1.0)
+    )
     assert perfect["max_e_measure"] == pytest.approx(1.0, abs=1e-3)
     half = np.full((32, 32), 0.5, np.float32)
     assert saliency_metrics(half, gt)["mae"] == pytest.approx(0.5, abs=1 / 255)

@@ -19,13 +19,22 @@ SCHEMA = {
     "type": "object",
     "required": ["file", "width", "height", "threshold", "polyp_present_score", "polyps"],
     "properties": {
-        "width": {"type": "integer", "minimum": 1}, "height": {"type": "integer", "minimum": 1},
+        "width": {"type": "integer", "minimum": 1},
+        "height": {"type": "integer", "minimum": 1},
         "polyp_present_score": {"type": "number", "minimum": 0, "maximum": 1},
-        "polyps": {"type": "array", "items": {
-            "type": "object", "required": ["box_xyxy", "area_px", "score", "centroid"],
-            "properties": {"box_xyxy": {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4},
-                           "area_px": {"type": "integer"}, "score": {"type": "number"},
-                           "centroid": {"type": "array", "minItems": 2, "maxItems": 2}}}},
+        "polyps": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["box_xyxy", "area_px", "score", "centroid"],
+                "properties": {
+                    "box_xyxy": {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4},
+                    "area_px": {"type": "integer"},
+                    "score": {"type": "number"},
+                    "centroid": {"type": "array", "minItems": 2, "maxItems": 2},
+                },
+            },
+        },
     },
 }
 
@@ -47,7 +56,21 @@ def frames(cvc, polypgen, tmp_path_factory):
 
 def test_predict_folder(tiny_run, frames, tmp_path, capsys):
     out = tmp_path / "pred"
-    assert main(["predict", str(frames), "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(frames),
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     cap = capsys.readouterr()
     assert "frames/s on CPU" in cap.out and "broken.png" in cap.err  # reported and skipped
     for name in ("cvc5", "big", "grey", "rgba", "deep"):
@@ -62,7 +85,20 @@ def test_predict_folder(tiny_run, frames, tmp_path, capsys):
     # An existing output folder needs --overwrite; the input folder is never an output.
     assert main(["predict", str(frames), "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["predict", str(frames), "--checkpoint", str(tiny_run / "best.pt"), "--out", str(frames), "--overwrite"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(frames),
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--out",
+                str(frames),
+                "--overwrite",
+            ]
+        )
+        == 2
+    )
     assert "input folder" in capsys.readouterr().err
 
 
@@ -71,16 +107,36 @@ def test_api_matches_cli_and_evaluation(tiny_run, frames, cvc_subset, tmp_path):
     rgb = read_rgb(frames / "cvc5.png")
     r = p.predict(rgb)
     out = tmp_path / "one"
-    assert main(["predict", str(frames / "cvc5.png"), "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(frames / "cvc5.png"),
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     cli = json.loads((out / "cvc5.json").read_text())
     assert cli["polyps"] == r.to_json()["polyps"] and cli["polyp_present_score"] == r.polyp_present_score
     assert np.array_equal(cv2.imread(str(out / "cvc5_mask.png"), 0) > 0, r.mask)
     batch = p.predict_batch([rgb, rgb[:, ::-1]])
     assert batch[0].to_json() == r.to_json() and len(batch) == 2
     # The evaluation path sees exactly the same probabilities (frame 5 of the subset).
-    ev = evaluate(checkpoint=str(tiny_run / "best.pt"), data=cvc_subset, split="all", out=str(tmp_path / "ev"),
-                  device="cpu", progress=False, quiet=True)
+    ev = evaluate(
+        checkpoint=str(tiny_run / "best.pt"),
+        data=cvc_subset,
+        split="all",
+        out=str(tmp_path / "ev"),
+        device="cpu",
+        progress=False,
+        quiet=True,
+    )
     import csv
 
     row = next(x for x in csv.DictReader(open(tmp_path / "ev" / "per_image.csv")) if x["name"] == "5")
@@ -95,8 +151,23 @@ def test_predict_video(tiny_run, cvc, tmp_path):
         w.write(cv2.imread(str(cvc / "PNG" / "Original" / f"{n}.png")))
     w.release()
     out = tmp_path / "vid"
-    assert main(["predict", str(video), "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--device", "cpu",
-                 "--batch-size", "5"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(video),
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "5",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(x) for x in (out / "clip.jsonl").read_text().splitlines()]
     assert [x["frame"] for x in lines] == list(range(12))
     for x in lines:
@@ -113,8 +184,19 @@ def test_predict_video(tiny_run, cvc, tmp_path):
 
 def test_unopenable_video_is_one_line_error(tiny_run, tmp_path, capsys):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
-    assert main(["predict", str(tmp_path / "bad.mp4"), "--checkpoint", str(tiny_run / "best.pt"), "--out",
-                 str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "bad.mp4"),
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "cannot open video" in err and "nothing could be processed" in err and "Traceback" not in err
 

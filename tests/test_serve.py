@@ -37,8 +37,12 @@ def _rss_kb(pid: int) -> int:
 def server(cvc):
     """The bundled full model behind `polypseg serve`, in its own process."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "polypseg", "serve", "--port", str(port), "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polypseg", "serve", "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, OMP_NUM_THREADS="2"),
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -79,19 +83,27 @@ def test_predict_returns_schema_and_images(server, frame):
     assert r.status_code == 200
     j = r.json()
     assert (j["width"], j["height"], j["file"]) == (384, 288, "f.png") and j["polyps"]
-    assert j["mask_png"].startswith("data:image/png;base64,") and j["overlay_png"].startswith("data:image/png;base64,")
+    assert j["mask_png"].startswith("data:image/png;base64,") and j["overlay_png"].startswith(
+        "data:image/png;base64,"
+    )
     p = j["polyps"][0]
     assert set(p) == {"box_xyxy", "area_px", "score", "centroid"} and 0 < p["score"] <= 1
     strict = _post(base, frame, threshold=0.95).json()
-    assert strict["threshold"] == 0.95 and sum(q["area_px"] for q in strict["polyps"]) <= sum(q["area_px"] for q in j["polyps"])
+    assert strict["threshold"] == 0.95 and sum(q["area_px"] for q in strict["polyps"]) <= sum(
+        q["area_px"] for q in j["polyps"]
+    )
 
 
 def _bomb_png(w=60000, h=60000) -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_bad_requests_get_4xx_json_and_server_stays_up(server, frame):
@@ -103,7 +115,12 @@ def test_bad_requests_get_4xx_json_and_server_stays_up(server, frame):
         (_post(base, _bomb_png()), 413),
         (_post(base, b""), 400),
         (httpx.post(base + "/predict", timeout=30), 422),
-        (httpx.post(base + "/predict", content=b"raw bytes", headers={"content-type": "image/png"}, timeout=30), 422),
+        (
+            httpx.post(
+                base + "/predict", content=b"raw bytes", headers={"content-type": "image/png"}, timeout=30
+            ),
+            422,
+        ),
         (_post(base, frame, threshold=3), 422),
     ]
     for r, status in cases:
@@ -135,13 +152,24 @@ def test_web_page_in_headless_chromium(server, cvc, tmp_path):
     expected = _post(base, (cvc / "PNG" / "Original" / "50.png").read_bytes()).json()
     with sync_playwright() as p:
         # Playwright gives the browser a new empty profile; the flags keep Chromium off the (closed) network.
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(base + "/")
         page.set_input_files("#file", str(cvc / "PNG" / "Original" / "50.png"))
-        page.wait_for_function("document.getElementById('overlay').src.startsWith('data:image/png')", timeout=60000)
+        page.wait_for_function(
+            "document.getElementById('overlay').src.startsWith('data:image/png')", timeout=60000
+        )
         page.wait_for_function("document.getElementById('overlay').naturalWidth > 0", timeout=10000)
         assert page.eval_on_selector("#overlay", "e => e.naturalWidth") == 384
         assert float(page.inner_text("#score")) == pytest.approx(expected["polyp_present_score"], abs=1e-3)

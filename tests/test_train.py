@@ -12,13 +12,13 @@ import sys
 import pytest
 import torch
 import yaml
+from tests.conftest import TINY
 
 from polypseg.checkpoint import load_checkpoint
 from polypseg.cli import main
 from polypseg.config import load_config
 from polypseg.errors import PolypsegError
 from polypseg.train import train
-from tests.conftest import TINY
 
 
 def test_run_folder(tiny_run):
@@ -47,9 +47,17 @@ def test_resume_is_exact(cvc_subset, subset_groups, tmp_path):
     overrides = TINY + [f"data.groups={subset_groups}", "optim.epochs=3", "data.split_by=frame", "ema=0.9"]
     cfg = load_config(overrides=overrides)
     train(cfg, out=tmp_path / "straight", data=cvc_subset, progress=False)
-    train(load_config(overrides=overrides), out=tmp_path / "killed", data=cvc_subset, progress=False, stop_after_epoch=1)
+    train(
+        load_config(overrides=overrides),
+        out=tmp_path / "killed",
+        data=cvc_subset,
+        progress=False,
+        stop_after_epoch=1,
+    )
     assert json.loads((tmp_path / "killed" / "summary.json").read_text())["stopped"] == "interrupted"
-    assert main(["train", "--resume", str(tmp_path / "killed"), "--data", str(cvc_subset), "--no-progress"]) == 0
+    assert (
+        main(["train", "--resume", str(tmp_path / "killed"), "--data", str(cvc_subset), "--no-progress"]) == 0
+    )
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert a["epoch"] == b["epoch"] == 3
@@ -79,7 +87,9 @@ def test_resume_refuses_other_config(tiny_run, capsys):
 def test_split_json_reproduces(cvc_subset, subset_groups, tiny_run, tmp_path, polypgen):
     cfg = load_config(overrides=TINY + ["optim.epochs=1", f"data.split={tiny_run / 'split.json'}"])
     train(cfg, out=tmp_path / "again", data=cvc_subset, progress=False)
-    assert json.loads((tmp_path / "again" / "split.json").read_text()) == json.loads((tiny_run / "split.json").read_text())
+    assert json.loads((tmp_path / "again" / "split.json").read_text()) == json.loads(
+        (tiny_run / "split.json").read_text()
+    )
     with pytest.raises(PolypsegError, match="split names"):
         cfg = load_config(overrides=TINY + ["optim.epochs=1", f"data.split={tiny_run / 'split.json'}"])
         train(cfg, out=tmp_path / "other", data=polypgen, progress=False)
@@ -91,8 +101,21 @@ def test_ddp_two_cpu_processes(cvc_subset, subset_groups, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "polypseg",
-           "train", "--data", str(cvc_subset), "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        "-m",
+        "polypseg",
+        "train",
+        "--data",
+        str(cvc_subset),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     for o in TINY + [f"data.groups={subset_groups}", "optim.epochs=1", "device=cpu"]:
         cmd += ["--set", o]
     env = dict(os.environ, OMP_NUM_THREADS="1")

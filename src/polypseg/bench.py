@@ -59,9 +59,14 @@ def bench_torch(model, device, h, w, iters, batch) -> dict:
 
     lat = _time(run(1), iters, sync)
     thr = _time(run(batch), max(3, iters // 4), sync)
-    return {"p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-            "fps_batch1": 1000 / float(np.median(lat)), "throughput_img_s": batch * 1000 / float(np.median(thr)),
-            "batch": batch, "precision": "bf16" if cuda else "fp32"}
+    return {
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "fps_batch1": 1000 / float(np.median(lat)),
+        "throughput_img_s": batch * 1000 / float(np.median(thr)),
+        "batch": batch,
+        "precision": "bf16" if cuda else "fp32",
+    }
 
 
 def bench_onnx(model, h, w, iters, batch) -> dict:
@@ -79,9 +84,14 @@ def bench_onnx(model, h, w, iters, batch) -> dict:
     xb = np.random.randint(0, 256, (batch, 3, h, w), dtype=np.uint8)
     lat = _time(lambda: sess.run(None, {"image": x1}), iters, lambda: None)
     thr = _time(lambda: sess.run(None, {"image": xb}), max(3, iters // 4), lambda: None)
-    return {"p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-            "fps_batch1": 1000 / float(np.median(lat)), "throughput_img_s": batch * 1000 / float(np.median(thr)),
-            "batch": batch, "precision": "fp32"}
+    return {
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "fps_batch1": 1000 / float(np.median(lat)),
+        "throughput_img_s": batch * 1000 / float(np.median(thr)),
+        "batch": batch,
+        "precision": "fp32",
+    }
 
 
 def candidates(checkpoint: str | None):
@@ -102,29 +112,53 @@ def candidates(checkpoint: str | None):
     yield "unetpp w16 prune L2", create_model("unetpp", width=16, prune=2)
 
 
-def run_benchmark(checkpoint=None, device="auto", height=288, width=384, iters=20, json_path=None, onnx=True,
-                  batch=None) -> list[dict]:
+def run_benchmark(
+    checkpoint=None, device="auto", height=288, width=384, iters=20, json_path=None, onnx=True, batch=None
+) -> list[dict]:
     dev = pick_device(device)
     batch = batch or (32 if dev.type == "cuda" else 4)
     name = device_name(dev)
     print(f"device: {name}; input {height}x{width}; latency at batch 1, throughput at batch {batch}")
-    print(f"{'model':24s} {'params':>8s} {'GFLOPs':>7s} {'backend':>12s} {'p50 ms':>8s} {'p95 ms':>8s} {'fps b1':>7s} {'img/s':>8s}")
+    print(
+        f"{'model':24s} {'params':>8s} {'GFLOPs':>7s} {'backend':>12s} {'p50 ms':>8s} {'p95 ms':>8s} {'fps b1':>7s} {'img/s':>8s}"
+    )
     rows = []
     for label, model in candidates(checkpoint):
         model.eval()
-        base = {"model": label, "params": count_parameters(model), "gflops": round(gflops(model, height, width), 2)}
+        base = {
+            "model": label,
+            "params": count_parameters(model),
+            "gflops": round(gflops(model, height, width), 2),
+        }
         backends = [("pytorch-" + dev.type, lambda m=model: bench_torch(m, dev, height, width, iters, batch))]
         if onnx and dev.type == "cpu":
             backends.append(("onnxruntime", lambda m=model: bench_onnx(m, height, width, iters, batch)))
         for backend, fn in backends:
-            r = {**base, "backend": backend, "device": name if backend != "onnxruntime" else device_name(torch.device("cpu")), **fn()}
+            r = {
+                **base,
+                "backend": backend,
+                "device": name if backend != "onnxruntime" else device_name(torch.device("cpu")),
+                **fn(),
+            }
             rows.append(r)
-            print(f"{label:24s} {r['params'] / 1e6:7.2f}M {r['gflops']:7.1f} {backend:>12s} {r['p50_ms']:8.1f} "
-                  f"{r['p95_ms']:8.1f} {r['fps_batch1']:7.1f} {r['throughput_img_s']:8.1f}")
+            print(
+                f"{label:24s} {r['params'] / 1e6:7.2f}M {r['gflops']:7.1f} {backend:>12s} {r['p50_ms']:8.1f} "
+                f"{r['p95_ms']:8.1f} {r['fps_batch1']:7.1f} {r['throughput_img_s']:8.1f}"
+            )
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps({"device": name, "torch": torch.__version__, "height": height,
-                                               "width": width, "date": time.strftime("%Y-%m-%d %H:%M"),
-                                               "rows": rows}, indent=1))
+        Path(json_path).write_text(
+            json.dumps(
+                {
+                    "device": name,
+                    "torch": torch.__version__,
+                    "height": height,
+                    "width": width,
+                    "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
         print(f"wrote {json_path}")
     return rows

@@ -39,7 +39,11 @@ def input_spec(height: int, width: int) -> dict:
         "width": width,
         "color": "RGB",
         "dtype": "uint8 0-255 (float 0-255 accepted)",
-        "normalization": {"inside_model": True, "mean": [m * 255 for m in IMAGENET_MEAN], "std": [s * 255 for s in IMAGENET_STD]},
+        "normalization": {
+            "inside_model": True,
+            "mean": [m * 255 for m in IMAGENET_MEAN],
+            "std": [s * 255 for s in IMAGENET_STD],
+        },
         "resize": "cv2.INTER_AREA when shrinking, INTER_LINEAR when growing (polypseg.imageio.resize_to)",
     }
 
@@ -108,9 +112,13 @@ def build_model(ckpt: dict, prune: int | None = None) -> nn.Module:
     arch = ckpt["arch"]
     model = create_model(arch["name"], **arch.get("kwargs", {}))
     try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+        )
     except RuntimeError as e:
-        raise PolypsegError(f"weights do not fit architecture {arch['name']}: {str(e).splitlines()[0]}") from None
+        raise PolypsegError(
+            f"weights do not fit architecture {arch['name']}: {str(e).splitlines()[0]}"
+        ) from None
     if prune:
         if not getattr(model, "deep_supervision", False):
             raise PolypsegError(f"--prune needs a deep-supervision UNet++; this model is {arch['name']}")
@@ -124,7 +132,9 @@ def save_safetensors(ckpt: dict, path: str | os.PathLike, half: bool = True) -> 
     """Weights (fp16 if `half`) + the description as JSON metadata: the format bundled models ship in."""
     from safetensors.torch import save_file
 
-    tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()}
+    tensors = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()
+    }
     meta = {"polypseg": json.dumps(describe(ckpt))}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

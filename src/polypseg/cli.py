@@ -12,7 +12,9 @@ from polypseg.errors import PolypsegError
 
 def _data_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
     if positional:
-        p.add_argument("data", nargs="?", help="dataset folder or name (default: $POLYPSEG_DATA/CVC-ClinicDB)")
+        p.add_argument(
+            "data", nargs="?", help="dataset folder or name (default: $POLYPSEG_DATA/CVC-ClinicDB)"
+        )
     else:
         p.add_argument("--data", help="dataset folder or name (default: $POLYPSEG_DATA/CVC-ClinicDB)")
     p.add_argument("--images", help="explicit images folder (with --masks)")
@@ -28,15 +30,21 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="check or download datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)
     chk = dsub.add_parser(
-        "check", help="pair and validate every image/mask", formatter_class=fmt,
+        "check",
+        help="pair and validate every image/mask",
+        formatter_class=fmt,
         epilog="example:\n  polypseg data check ../shared/datasets/CVC-ClinicDB --json",
     )
     _data_args(chk, positional=True)
     chk.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk.add_argument("--strict", action="store_true", help="exit 1 if any problem is found")
-    chk.add_argument("--groups", help="CSV frame,group (video sequence) for datasets without a built-in table")
+    chk.add_argument(
+        "--groups", help="CSV frame,group (video sequence) for datasets without a built-in table"
+    )
     dl = dsub.add_parser(
-        "download", help="download a dataset archive and verify its checksum", formatter_class=fmt,
+        "download",
+        help="download a dataset archive and verify its checksum",
+        formatter_class=fmt,
         epilog="example:\n  polypseg data download cvc-clinicdb --url https://host/CVC-ClinicDB.zip --sha256 <hex>",
     )
     dl.add_argument("name", help="dataset name, e.g. cvc-clinicdb")
@@ -45,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--dest", help="datasets folder (default: $POLYPSEG_DATA or ~/.cache/polypseg/datasets)")
 
     tr = sub.add_parser(
-        "train", help="train a model", formatter_class=fmt,
+        "train",
+        help="train a model",
+        formatter_class=fmt,
         epilog="examples:\n  polypseg train --preset fast --out runs/fast\n"
         "  polypseg train --preset full --set optim.epochs=100 --set data.split_by=kfold --set data.fold=2\n"
         "  polypseg train --resume runs/fast\n"
@@ -53,37 +63,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     _data_args(tr)
     tr.add_argument("--config", help="YAML config file")
-    tr.add_argument("--preset", choices=["fast", "full"], help="fast: CPU-friendly; full: GPU, width 32, 288x384")
-    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value, e.g. optim.lr=1e-3 (repeatable)")
+    tr.add_argument(
+        "--preset", choices=["fast", "full"], help="fast: CPU-friendly; full: GPU, width 32, 288x384"
+    )
+    tr.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. optim.lr=1e-3 (repeatable)",
+    )
     tr.add_argument("--out", help="run folder (default: runs/<preset or train>)")
     tr.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly")
     tr.add_argument("--cache-dir", help="decoded-data cache (default: ~/.cache/polypseg)")
     tr.add_argument("--no-progress", action="store_true")
 
     ev = sub.add_parser(
-        "evaluate", help="full metric set, detection, frame classification, HTML report", formatter_class=fmt,
+        "evaluate",
+        help="full metric set, detection, frame classification, HTML report",
+        formatter_class=fmt,
         epilog="example:\n  polypseg evaluate --checkpoint runs/full/best.pt --data ../shared/datasets/PolypGen-val --out eval/",
     )
-    ev.add_argument("--checkpoint", help="model (.pt, .safetensors; or full/fast for the bundled models; default: full)")
+    ev.add_argument(
+        "--checkpoint", help="model (.pt, .safetensors; or full/fast for the bundled models; default: full)"
+    )
     _data_args(ev)
-    ev.add_argument("--split", default="test", help="test (the checkpoint's held-out frames) | all | a split.json")
+    ev.add_argument(
+        "--split", default="test", help="test (the checkpoint's held-out frames) | all | a split.json"
+    )
     ev.add_argument("--out", default="eval", help="output folder")
     ev.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's)")
     ev.add_argument("--mode", choices=["accurate", "fast"], default="accurate")
     ev.add_argument("--prune", type=int, help="fast mode: head 1..4 (default 4)")
     ev.add_argument("--tta", action="store_true", help="average with flipped inputs")
-    ev.add_argument("--min-area", type=int, default=50, help="smallest predicted component counted as a detection (px)")
+    ev.add_argument(
+        "--min-area", type=int, default=50, help="smallest predicted component counted as a detection (px)"
+    )
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--overwrite", action="store_true", help="allow writing into an existing output folder")
 
     pr = sub.add_parser(
-        "predict", help="masks, overlays and polyp boxes for images, folders and videos", formatter_class=fmt,
+        "predict",
+        help="masks, overlays and polyp boxes for images, folders and videos",
+        formatter_class=fmt,
         epilog="example:\n  polypseg predict frames/ procedure.mp4 --out predictions/",
     )
     pr.add_argument("inputs", nargs="+", help="image files, folders, globs or videos")
-    pr.add_argument("--checkpoint", help="model (.pt, .safetensors, .onnx; or full/fast for the bundled models; default: full)")
+    pr.add_argument(
+        "--checkpoint",
+        help="model (.pt, .safetensors, .onnx; or full/fast for the bundled models; default: full)",
+    )
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--threshold", type=float)
     pr.add_argument("--tta", action="store_true")
@@ -95,12 +126,18 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true")
 
     ex = sub.add_parser(
-        "export", help="export to ONNX with a parity check", formatter_class=fmt,
+        "export",
+        help="export to ONNX with a parity check",
+        formatter_class=fmt,
         epilog="example:\n  polypseg export --checkpoint runs/full/best.pt --format onnx --out model.onnx --prune 2",
     )
     ex.add_argument("--checkpoint")
-    ex.add_argument("--format", choices=["onnx", "safetensors"], default="onnx",
-                    help="onnx (with a parity check) or safetensors (fp16 weights + description, as bundled)")
+    ex.add_argument(
+        "--format",
+        choices=["onnx", "safetensors"],
+        default="onnx",
+        help="onnx (with a parity check) or safetensors (fp16 weights + description, as bundled)",
+    )
     ex.add_argument("--out", required=True)
     ex.add_argument("--prune", type=int)
     ex.add_argument("--dynamic-batch", action="store_true")
@@ -108,7 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--quantize", choices=["none", "int8"], default="none", help="also write an int8 model")
 
     be = sub.add_parser(
-        "benchmark", help="latency and throughput table (PyTorch and ONNX Runtime)", formatter_class=fmt,
+        "benchmark",
+        help="latency and throughput table (PyTorch and ONNX Runtime)",
+        formatter_class=fmt,
         epilog="example:\n  polypseg benchmark --device cpu --json bench.json",
     )
     be.add_argument("--checkpoint")
@@ -120,7 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--no-onnx", action="store_true")
 
     sv = sub.add_parser(
-        "serve", help="REST API and web page", formatter_class=fmt,
+        "serve",
+        help="REST API and web page",
+        formatter_class=fmt,
         epilog="example:\n  polypseg serve --port 8000   # then open http://127.0.0.1:8000/",
     )
     sv.add_argument("--checkpoint")
@@ -176,29 +217,64 @@ def _cmd_train(a) -> int:
     if a.resume:
         if a.config or a.preset or a.overrides:
             raise PolypsegError("--resume continues with the run's own config; drop --config/--preset/--set")
-        train(resume=a.resume, data=a.data, images=a.images, masks=a.masks, cache_dir=a.cache_dir, progress=not a.no_progress)
+        train(
+            resume=a.resume,
+            data=a.data,
+            images=a.images,
+            masks=a.masks,
+            cache_dir=a.cache_dir,
+            progress=not a.no_progress,
+        )
         return 0
     cfg = load_config(a.config, a.preset, a.overrides)
-    train(cfg, out=a.out or f"runs/{a.preset or 'train'}", data=a.data, images=a.images, masks=a.masks,
-          cache_dir=a.cache_dir, progress=not a.no_progress)
+    train(
+        cfg,
+        out=a.out or f"runs/{a.preset or 'train'}",
+        data=a.data,
+        images=a.images,
+        masks=a.masks,
+        cache_dir=a.cache_dir,
+        progress=not a.no_progress,
+    )
     return 0
 
 
 def _cmd_evaluate(a) -> int:
     from polypseg.evaluate import evaluate
 
-    evaluate(checkpoint=a.checkpoint, data=a.data, images=a.images, masks=a.masks, split=a.split, out=a.out,
-             threshold=a.threshold, prune=(a.prune or 4) if a.mode == "fast" else a.prune, tta=a.tta,
-             min_area=a.min_area, device=a.device, batch_size=a.batch_size, overwrite=a.overwrite)
+    evaluate(
+        checkpoint=a.checkpoint,
+        data=a.data,
+        images=a.images,
+        masks=a.masks,
+        split=a.split,
+        out=a.out,
+        threshold=a.threshold,
+        prune=(a.prune or 4) if a.mode == "fast" else a.prune,
+        tta=a.tta,
+        min_area=a.min_area,
+        device=a.device,
+        batch_size=a.batch_size,
+        overwrite=a.overwrite,
+    )
     return 0
 
 
 def _cmd_predict(a) -> int:
     from polypseg.predict import predict_paths
 
-    ok = predict_paths(a.inputs, out=a.out, checkpoint=a.checkpoint, threshold=a.threshold, tta=a.tta,
-                       prune=(a.prune or 4) if a.mode == "fast" else a.prune, batch_size=a.batch_size,
-                       min_area=a.min_area, device=a.device, overwrite=a.overwrite)
+    ok = predict_paths(
+        a.inputs,
+        out=a.out,
+        checkpoint=a.checkpoint,
+        threshold=a.threshold,
+        tta=a.tta,
+        prune=(a.prune or 4) if a.mode == "fast" else a.prune,
+        batch_size=a.batch_size,
+        min_area=a.min_area,
+        device=a.device,
+        overwrite=a.overwrite,
+    )
     return 0 if ok else 1
 
 
@@ -214,16 +290,29 @@ def _cmd_export(a) -> int:
         print(f"wrote {a.out}")
         return 0
 
-    export_onnx(checkpoint=a.checkpoint, out=a.out, prune=a.prune, dynamic_batch=a.dynamic_batch, data=a.data,
-                quantize=a.quantize)
+    export_onnx(
+        checkpoint=a.checkpoint,
+        out=a.out,
+        prune=a.prune,
+        dynamic_batch=a.dynamic_batch,
+        data=a.data,
+        quantize=a.quantize,
+    )
     return 0
 
 
 def _cmd_benchmark(a) -> int:
     from polypseg.bench import run_benchmark
 
-    run_benchmark(checkpoint=a.checkpoint, device=a.device, height=a.height, width=a.width, iters=a.iters,
-                  json_path=a.json, onnx=not a.no_onnx)
+    run_benchmark(
+        checkpoint=a.checkpoint,
+        device=a.device,
+        height=a.height,
+        width=a.width,
+        iters=a.iters,
+        json_path=a.json,
+        onnx=not a.no_onnx,
+    )
     return 0
 
 

@@ -67,5 +67,13 @@ def summarize(counts: list[DetectionCounts]) -> dict:
     rec = tp / (tp + fn) if tp + fn else float("nan")
     prec = tp / (tp + fp) if tp + fp else float("nan")
     f1 = 2 * prec * rec / (prec + rec) if (prec + rec) > 0 else 0.0
-    return {"tp": tp, "fp": fp, "fn": fn, "recall": rec, "precision": prec, "f1": f1,
-            "fp_per_frame": fp / len(counts) if counts else float("nan"), "frames": len(counts)}
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "recall": rec,
+        "precision": prec,
+        "f1": f1,
+        "fp_per_frame": fp / len(counts) if counts else float("nan"),
+        "frames": len(counts),
+    }

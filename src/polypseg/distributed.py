@@ -28,7 +28,9 @@ def setup(device_pref: str) -> tuple[DistInfo, torch.device]:
         if want_cuda:
             return DistInfo(False), torch.device(device_pref if device_pref.startswith("cuda") else "cuda")
         return DistInfo(False), torch.device("cpu")
-    info = DistInfo(True, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    info = DistInfo(
+        True, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
+    )
     if want_cuda:
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)

@@ -32,8 +32,21 @@ from polypseg.imageio import read_mask, read_rgb
 from polypseg.metrics import threshold_sweep
 from polypseg.predict import Predictor, resolve_checkpoint
 
-SEG_KEYS = ["dice", "iou", "precision", "recall", "specificity", "mae", "s_measure", "wf_measure",
-            "mean_e_measure", "max_e_measure", "mdice", "miou", "hd95"]
+SEG_KEYS = [
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "specificity",
+    "mae",
+    "s_measure",
+    "wf_measure",
+    "mean_e_measure",
+    "max_e_measure",
+    "mdice",
+    "miou",
+    "hd95",
+]
 
 
 def hd95(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -57,8 +70,13 @@ def saliency_metrics(prob: np.ndarray, gt: np.ndarray) -> dict:
     for m in (mae, sm, wfm, em):
         m.step(pred=pred8, gt=gt8)
     curve = np.asarray(em.changeable_ems[-1], dtype=np.float64)
-    return {"mae": float(mae.maes[-1]), "s_measure": float(sm.sms[-1]), "wf_measure": float(wfm.weighted_fms[-1]),
-            "mean_e_measure": float(curve.mean()), "max_e_measure": float(curve.max())}
+    return {
+        "mae": float(mae.maes[-1]),
+        "s_measure": float(sm.sms[-1]),
+        "wf_measure": float(wfm.weighted_fms[-1]),
+        "mean_e_measure": float(curve.mean()),
+        "max_e_measure": float(curve.max()),
+    }
 
 
 def frame_metrics(prob: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> tuple[dict, dict]:
@@ -73,9 +91,17 @@ def frame_metrics(prob: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> t
     tn = float(pred.size) - tp - fp - fn
     div = lambda a, b: a / b if b > 0 else 0.0  # noqa: E731
     sweep = threshold_sweep(prob, gt)
-    m = {"dice": div(2 * tp, 2 * tp + fp + fn), "iou": div(tp, tp + fp + fn), "precision": div(tp, tp + fp),
-         "recall": div(tp, tp + fn), "specificity": div(tn, tn + fp), "mdice": float(sweep["dice"].mean()),
-         "miou": float(sweep["iou"].mean()), "hd95": hd95(pred, gt), "fp_pixels": int(fp)}
+    m = {
+        "dice": div(2 * tp, 2 * tp + fp + fn),
+        "iou": div(tp, tp + fp + fn),
+        "precision": div(tp, tp + fp),
+        "recall": div(tp, tp + fn),
+        "specificity": div(tn, tn + fp),
+        "mdice": float(sweep["dice"].mean()),
+        "miou": float(sweep["iou"].mean()),
+        "hd95": hd95(pred, gt),
+        "fp_pixels": int(fp),
+    }
     m.update(saliency_metrics(prob, gt))
     return m, sweep
 
@@ -98,11 +124,15 @@ def _choose_pairs(pairs, split: str, predictor: Predictor):
         ds = predictor.meta.get("dataset") or {}
         if ck_split and ds.get("fingerprint") == content_fingerprint(pairs):
             if not ck_split.get("val"):
-                raise PolypsegError("this checkpoint was trained on every frame of this data; "
-                                    "use other data or --split all (optimistic)")
+                raise PolypsegError(
+                    "this checkpoint was trained on every frame of this data; "
+                    "use other data or --split all (optimistic)"
+                )
             s = Split.from_dict(ck_split)
             names = set(s.val)
-            return [p for p in pairs if p.name in names], f"held-out frames of the checkpoint's split ({s.method})"
+            return [
+                p for p in pairs if p.name in names
+            ], f"held-out frames of the checkpoint's split ({s.method})"
         return pairs, "all frames (the checkpoint was not trained on this data)"
     s = Split.load(split)
     names = set(s.val)
@@ -118,7 +148,9 @@ def _thumb(rgb: np.ndarray, width: int = 320) -> np.ndarray:
 
 
 def _nanmean(vals) -> float:
-    arr = np.asarray([v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))], dtype=float)
+    arr = np.asarray(
+        [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))], dtype=float
+    )
     return float(arr.mean()) if len(arr) else float("nan")
 
 
@@ -130,10 +162,23 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def evaluate(checkpoint: str | None = None, data=None, images=None, masks=None, split: str = "test",
-             out: str = "eval", threshold: float | None = None, prune: int | None = None, tta: bool = False,
-             min_area: int = 50, device: str = "auto", batch_size: int = 8, overwrite: bool = False,
-             progress: bool = True, quiet: bool = False) -> dict:
+def evaluate(
+    checkpoint: str | None = None,
+    data=None,
+    images=None,
+    masks=None,
+    split: str = "test",
+    out: str = "eval",
+    threshold: float | None = None,
+    prune: int | None = None,
+    tta: bool = False,
+    min_area: int = 50,
+    device: str = "auto",
+    batch_size: int = 8,
+    overwrite: bool = False,
+    progress: bool = True,
+    quiet: bool = False,
+) -> dict:
     """Evaluate a checkpoint on a dataset; write metrics.json, per_image.csv and report.html to `out`."""
     from polypseg.predict import overlay
 
@@ -141,8 +186,9 @@ def evaluate(checkpoint: str | None = None, data=None, images=None, masks=None, 
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise PolypsegError(f"{out_dir} exists and is not empty; pass --overwrite to replace its contents")
-    predictor = Predictor.from_checkpoint(ckpt_path, device=device, prune=prune, threshold=threshold, tta=tta,
-                                          min_area=min_area)
+    predictor = Predictor.from_checkpoint(
+        ckpt_path, device=device, prune=prune, threshold=threshold, tta=tta, min_area=min_area
+    )
     dataset = discover(data, images, masks)
     dataset_root = dataset.root.resolve()
     if out_dir.resolve() == dataset_root or dataset_root in out_dir.resolve().parents:
@@ -177,9 +223,17 @@ def evaluate(checkpoint: str | None = None, data=None, images=None, masks=None, 
             pooled_neg += np.bincount(q[~gt], minlength=256)
             counts = detection.match(pred.mask, gt, min_area)
             det_counts.append(counts)
-            row = {"name": pair.name, "file": str(pair.image), "width": rgb.shape[1], "height": rgb.shape[0],
-                   "negative": not gt.any(), "polyp_present_score": pred.polyp_present_score,
-                   "det_tp": counts.tp, "det_fp": counts.fp, "det_fn": counts.fn}
+            row = {
+                "name": pair.name,
+                "file": str(pair.image),
+                "width": rgb.shape[1],
+                "height": rgb.shape[0],
+                "negative": not gt.any(),
+                "polyp_present_score": pred.polyp_present_score,
+                "det_tp": counts.tp,
+                "det_fp": counts.fp,
+                "det_fn": counts.fn,
+            }
             if gt.any():
                 m, sweep = frame_metrics(prob, gt, thr)
                 row.update(m)
@@ -187,8 +241,13 @@ def evaluate(checkpoint: str | None = None, data=None, images=None, masks=None, 
             else:
                 row["fp_pixels"] = int(pred.mask.sum())
             rows.append(row)
-            thumbs.append((_thumb(rgb), _thumb(np.repeat(gt[:, :, None].astype(np.uint8) * 255, 3, 2)),
-                           _thumb(overlay(rgb, pred))))
+            thumbs.append(
+                (
+                    _thumb(rgb),
+                    _thumb(np.repeat(gt[:, :, None].astype(np.uint8) * 255, 3, 2)),
+                    _thumb(overlay(rgb, pred)),
+                )
+            )
         if bar:
             bar.update(len(group))
     if bar:
@@ -203,13 +262,20 @@ def evaluate(checkpoint: str | None = None, data=None, images=None, masks=None, 
     labels = np.array([not r["negative"] for r in rows])
     scores = np.array([r["polyp_present_score"] for r in rows])
     called = np.array([r["det_tp"] + r["det_fp"] > 0 for r in rows])
-    cls = {"score": "max pixel probability in the frame", "positive_call": "at least one detected polyp component",
-           "auroc": auroc(scores, labels),
-           "sensitivity": float(called[labels].mean()) if labels.any() else float("nan"),
-           "specificity": float((~called[~labels]).mean()) if (~labels).any() else float("nan"),
-           "positives": int(labels.sum()), "negatives": int((~labels).sum())}
-    negatives = {"frames": len(neg_rows), "frames_with_false_positive": sum(1 for r in neg_rows if r["det_fp"] > 0),
-                 "mean_fp_pixels": _nanmean(r["fp_pixels"] for r in neg_rows) if neg_rows else float("nan")}
+    cls = {
+        "score": "max pixel probability in the frame",
+        "positive_call": "at least one detected polyp component",
+        "auroc": auroc(scores, labels),
+        "sensitivity": float(called[labels].mean()) if labels.any() else float("nan"),
+        "specificity": float((~called[~labels]).mean()) if (~labels).any() else float("nan"),
+        "positives": int(labels.sum()),
+        "negatives": int((~labels).sum()),
+    }
+    negatives = {
+        "frames": len(neg_rows),
+        "frames_with_false_positive": sum(1 for r in neg_rows if r["det_fp"] > 0),
+        "mean_fp_pixels": _nanmean(r["fp_pixels"] for r in neg_rows) if neg_rows else float("nan"),
+    }
     dice_curve = np.mean([s["dice"] for s in sweeps], axis=0) if sweeps else np.zeros(256)
     tp_c = pooled_pos[::-1].cumsum()[::-1].astype(float)
     fp_c = pooled_neg[::-1].cumsum()[::-1].astype(float)
@@ -217,15 +283,26 @@ def evaluate(checkpoint: str | None = None, data=None, images=None, masks=None, 
     pr_rec = tp_c / max(1.0, float(pooled_pos.sum()))
 
     metrics = {
-        "checkpoint": str(ckpt_path), "checkpoint_sha256": sha256_file(ckpt_path),
-        "model": predictor.meta.get("arch"), "prune": prune, "tta": tta,
-        "data": str(dataset.root), "dataset_fingerprint": content_fingerprint(chosen), "split": split_desc,
-        "frames": len(rows), "polyp_frames": len(pos_rows), "threshold": thr, "min_area": min_area,
+        "checkpoint": str(ckpt_path),
+        "checkpoint_sha256": sha256_file(ckpt_path),
+        "model": predictor.meta.get("arch"),
+        "prune": prune,
+        "tta": tta,
+        "data": str(dataset.root),
+        "dataset_fingerprint": content_fingerprint(chosen),
+        "split": split_desc,
+        "frames": len(rows),
+        "polyp_frames": len(pos_rows),
+        "threshold": thr,
+        "min_area": min_area,
         "network_input": [predictor.height, predictor.width],
         "resize_note": f"{resized} of {len(rows)} frames were resized to the network's "
-                       f"{predictor.width}x{predictor.height} and their probabilities resized back; "
-                       "metrics are at each frame's original resolution",
-        "segmentation": seg, "detection": det, "classification": cls, "negatives": negatives,
+        f"{predictor.width}x{predictor.height} and their probabilities resized back; "
+        "metrics are at each frame's original resolution",
+        "segmentation": seg,
+        "detection": det,
+        "classification": cls,
+        "negatives": negatives,
         "device": predictor.device_name(),
     }
 
@@ -272,5 +349,7 @@ def format_table(m: dict) -> str:
     ]
     if c["negatives"]:
         lines.append(f"frame classification ({c['positives']} positive, {c['negatives']} negative frames)")
-        lines.append(f"  AUROC       {f(c['auroc'])}   sensitivity {f(c['sensitivity'])}   specificity {f(c['specificity'])}")
+        lines.append(
+            f"  AUROC       {f(c['auroc'])}   sensitivity {f(c['sensitivity'])}   specificity {f(c['specificity'])}"
+        )
     return "\n".join(lines)

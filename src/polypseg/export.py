@@ -50,7 +50,9 @@ def export_module(wrapper: nn.Module, path: Path, h: int, w: int, dynamic_batch:
         kwargs["dynamic_axes"] = {"image": {0: "batch"}, "probability": {0: "batch"}}
     with torch.no_grad():
         # The TorchScript exporter: a plain conv net needs nothing more, and it adds no export-time deps.
-        torch.onnx.export(wrapper.eval(), (torch.zeros(1, 3, h, w, dtype=torch.uint8),), str(path), dynamo=False, **kwargs)
+        torch.onnx.export(
+            wrapper.eval(), (torch.zeros(1, 3, h, w, dtype=torch.uint8),), str(path), dynamo=False, **kwargs
+        )
 
 
 def load_onnx(path: str | os.PathLike):
@@ -76,8 +78,16 @@ def load_onnx(path: str | os.PathLike):
     return session, desc
 
 
-def export_onnx(checkpoint: str | None, out: str, prune: int | None = None, dynamic_batch: bool = False,
-                data=None, quantize: str = "none", verify: bool = True, quiet: bool = False) -> dict:
+def export_onnx(
+    checkpoint: str | None,
+    out: str,
+    prune: int | None = None,
+    dynamic_batch: bool = False,
+    data=None,
+    quantize: str = "none",
+    verify: bool = True,
+    quiet: bool = False,
+) -> dict:
     """Export, attach metadata, and check ONNX Runtime against PyTorch on real frames (fp32, max |dp| <= 1e-3)."""
     import onnx
 
@@ -93,8 +103,11 @@ def export_onnx(checkpoint: str | None, out: str, prune: int | None = None, dyna
     export_module(wrapper, tmp, h, w, dynamic_batch)
     desc = describe(ckpt)
     desc["prune"] = prune or 0
-    desc["onnx"] = {"input": "image (B,3,H,W) uint8 RGB", "output": "probability (B,1,H,W) float32",
-                    "dynamic_batch": dynamic_batch}
+    desc["onnx"] = {
+        "input": "image (B,3,H,W) uint8 RGB",
+        "output": "probability (B,1,H,W) float32",
+        "dynamic_batch": dynamic_batch,
+    }
     m = onnx.load(str(tmp))
     entry = m.metadata_props.add()
     entry.key, entry.value = "polypseg", json.dumps(desc)
@@ -139,8 +152,15 @@ def quantize_int8(fp32_path: Path, data, h: int, w: int) -> str:
 
     out = fp32_path.with_name(fp32_path.stem + "_int8.onnx")
     tmp = out.with_name(f".{out.name}.tmp")
-    quantize_static(str(fp32_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    quantize_static(
+        str(fp32_path),
+        str(tmp),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+    )
     import onnx
 
     m = onnx.load(str(tmp))

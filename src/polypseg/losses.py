@@ -22,7 +22,7 @@ def seg_loss(
     head_weights: list[float] | None = None,
 ) -> torch.Tensor:
     """Weighted mean over heads of bce_weight * BCE + dice_weight * soft Dice."""
-    weights = (head_weights or [1.0] * len(heads))[-len(heads):] if len(heads) > 1 else [1.0]
+    weights = (head_weights or [1.0] * len(heads))[-len(heads) :] if len(heads) > 1 else [1.0]
     total = 0.0
     for w, logits in zip(weights, heads):
         bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())

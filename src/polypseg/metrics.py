@@ -23,7 +23,9 @@ def confusion(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, .
 
 
 def _div(a, b):
-    return a / b if not torch.is_tensor(b) else torch.where(b > 0, a / b.clamp(min=1e-12), torch.zeros_like(a))
+    return (
+        a / b if not torch.is_tensor(b) else torch.where(b > 0, a / b.clamp(min=1e-12), torch.zeros_like(a))
+    )
 
 
 def dice(tp, fp, fn):

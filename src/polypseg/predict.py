@@ -71,8 +71,14 @@ class Prediction:
     file: str | None = None
 
     def to_json(self) -> dict:
-        return {"file": self.file, "width": self.width, "height": self.height, "threshold": self.threshold,
-                "polyp_present_score": self.polyp_present_score, "polyps": self.polyps}
+        return {
+            "file": self.file,
+            "width": self.width,
+            "height": self.height,
+            "threshold": self.threshold,
+            "polyp_present_score": self.polyp_present_score,
+            "polyps": self.polyps,
+        }
 
 
 class Predictor:
@@ -84,8 +90,16 @@ class Predictor:
         >>> result.to_json()["polyps"]
     """
 
-    def __init__(self, net, meta: dict, device: torch.device, threshold: float | None = None,
-                 tta: bool = False, min_area: int = 50, onnx_session=None):
+    def __init__(
+        self,
+        net,
+        meta: dict,
+        device: torch.device,
+        threshold: float | None = None,
+        tta: bool = False,
+        min_area: int = 50,
+        onnx_session=None,
+    ):
         self.net = net
         self.session = onnx_session
         self.meta = meta
@@ -97,15 +111,24 @@ class Predictor:
         self.min_area = min_area
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "auto", prune: int | None = None,
-                        threshold: float | None = None, tta: bool = False, min_area: int = 50) -> Predictor:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike | None = None,
+        device: str = "auto",
+        prune: int | None = None,
+        threshold: float | None = None,
+        tta: bool = False,
+        min_area: int = 50,
+    ) -> Predictor:
         path = resolve_checkpoint(path, "fast" if prune else "full")
         if path.suffix == ".onnx":
             from polypseg.export import load_onnx
 
             session, meta = load_onnx(path)
             if prune:
-                raise PolypsegError("an ONNX model is already fixed to one head; export it with --prune instead")
+                raise PolypsegError(
+                    "an ONNX model is already fixed to one head; export it with --prune instead"
+                )
             return cls(None, meta, torch.device("cpu"), threshold, tta, min_area, onnx_session=session)
         ckpt = load_checkpoint(path)
         dev = pick_device(device)
@@ -139,17 +162,31 @@ class Predictor:
             p = p / 3
         return p.astype(np.float32)
 
-    def postprocess(self, prob_net: np.ndarray, height: int, width: int, file: str | None = None) -> Prediction:
-        prob = prob_net if prob_net.shape == (height, width) else cv2.resize(
-            prob_net, (width, height), interpolation=cv2.INTER_LINEAR)
+    def postprocess(
+        self, prob_net: np.ndarray, height: int, width: int, file: str | None = None
+    ) -> Prediction:
+        prob = (
+            prob_net
+            if prob_net.shape == (height, width)
+            else cv2.resize(prob_net, (width, height), interpolation=cv2.INTER_LINEAR)
+        )
         mask = prob > self.threshold
         labels, comps = components(mask, self.min_area)
         # One pass for every component's peak probability (its score).
         peaks = ndimage.maximum(prob, labels, [c.label for c in comps]) if comps else []
-        polyps = [{"box_xyxy": list(c.box_xyxy), "area_px": c.area_px, "score": round(float(peak), 4),
-                   "centroid": [round(c.centroid[0], 1), round(c.centroid[1], 1)]} for c, peak in zip(comps, peaks)]
+        polyps = [
+            {
+                "box_xyxy": list(c.box_xyxy),
+                "area_px": c.area_px,
+                "score": round(float(peak), 4),
+                "centroid": [round(c.centroid[0], 1), round(c.centroid[1], 1)],
+            }
+            for c, peak in zip(comps, peaks)
+        ]
         polyps.sort(key=lambda p: -p["score"])
-        return Prediction(width, height, self.threshold, round(float(prob_net.max()), 4), polyps, prob, mask, file)
+        return Prediction(
+            width, height, self.threshold, round(float(prob_net.max()), 4), polyps, prob, mask, file
+        )
 
     def predict_batch(self, frames: list[np.ndarray], files: list[str] | None = None) -> list[Prediction]:
         frames = [to_rgb_uint8(f) for f in frames]
@@ -194,7 +231,11 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Path], list[str]]
     """Files, folders (recursive, images recognised by content) and globs -> (images, videos, problems)."""
     images, videos, problems = [], [], []
     for item in inputs:
-        matches = [Path(p) for p in sorted(glob.glob(item, recursive=True))] if glob.has_magic(item) else [Path(item)]
+        matches = (
+            [Path(p) for p in sorted(glob.glob(item, recursive=True))]
+            if glob.has_magic(item)
+            else [Path(item)]
+        )
         if not matches:
             problems.append(f"{item}: no file matches")
         for m in matches:
@@ -260,7 +301,9 @@ def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: in
                 lines.write(json.dumps(rec) + "\n")
                 positives.append(bool(pred.polyps))
                 if writer is None:
-                    writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0]))
+                    writer = cv2.VideoWriter(
+                        str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0])
+                    )
                 writer.write(np.ascontiguousarray(overlay(np.ascontiguousarray(rgb), pred)[:, :, ::-1]))
                 n += 1
             bar.update(len(frames))
@@ -277,18 +320,40 @@ def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: in
         if pos and start is None:
             start = i
         if not pos and start is not None:
-            episodes.append({"first_frame": start, "last_frame": i - 1, "frames": i - start,
-                             "start_s": round(start / fps, 3), "end_s": round((i - 1) / fps, 3)})
+            episodes.append(
+                {
+                    "first_frame": start,
+                    "last_frame": i - 1,
+                    "frames": i - start,
+                    "start_s": round(start / fps, 3),
+                    "end_s": round((i - 1) / fps, 3),
+                }
+            )
             start = None
-    summary = {"file": str(path), "frames": n, "fps": fps, "frames_with_polyp": int(sum(positives)),
-               "episodes": episodes, "threshold": p.threshold}
+    summary = {
+        "file": str(path),
+        "frames": n,
+        "fps": fps,
+        "frames_with_polyp": int(sum(positives)),
+        "episodes": episodes,
+        "threshold": p.threshold,
+    }
     _write_json(out / f"{name}_summary.json", summary)
     return summary
 
 
-def predict_paths(inputs: list[str], out: str, checkpoint: str | None = None, threshold: float | None = None,
-                  tta: bool = False, prune: int | None = None, batch_size: int = 8, min_area: int = 50,
-                  device: str = "auto", overwrite: bool = False) -> bool:
+def predict_paths(
+    inputs: list[str],
+    out: str,
+    checkpoint: str | None = None,
+    threshold: float | None = None,
+    tta: bool = False,
+    prune: int | None = None,
+    batch_size: int = 8,
+    min_area: int = 50,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> bool:
     """Write mask, overlay and JSON per image, and annotated video + JSON lines + summary per video.
 
     Returns True if at least one input was processed. Unreadable inputs are reported and skipped.
@@ -297,12 +362,18 @@ def predict_paths(inputs: list[str], out: str, checkpoint: str | None = None, th
     if not images and not videos:
         raise PolypsegError("no images or videos found in " + ", ".join(inputs))
     out_dir = Path(out)
-    in_dirs = {Path(i).resolve() for i in inputs if Path(i).is_dir()} | {f.resolve().parent for f in images + videos}
+    in_dirs = {Path(i).resolve() for i in inputs if Path(i).is_dir()} | {
+        f.resolve().parent for f in images + videos
+    }
     if out_dir.resolve() in in_dirs:
-        raise PolypsegError(f"--out {out_dir} is an input folder; choose another so inputs are never overwritten")
+        raise PolypsegError(
+            f"--out {out_dir} is an input folder; choose another so inputs are never overwritten"
+        )
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise PolypsegError(f"{out_dir} exists and is not empty; pass --overwrite to write into it")
-    p = Predictor.from_checkpoint(checkpoint, device=device, prune=prune, threshold=threshold, tta=tta, min_area=min_area)
+    p = Predictor.from_checkpoint(
+        checkpoint, device=device, prune=prune, threshold=threshold, tta=tta, min_area=min_area
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     done = 0
@@ -310,7 +381,11 @@ def predict_paths(inputs: list[str], out: str, checkpoint: str | None = None, th
     frames_done = 0
     from tqdm import tqdm
 
-    bar = tqdm(total=len(images), unit="img", desc="predicting", leave=False, file=sys.stderr) if images else None
+    bar = (
+        tqdm(total=len(images), unit="img", desc="predicting", leave=False, file=sys.stderr)
+        if images
+        else None
+    )
     for i in range(0, len(images), batch_size):
         batch, names = [], []
         for f in images[i : i + batch_size]:
@@ -342,8 +417,10 @@ def predict_paths(inputs: list[str], out: str, checkpoint: str | None = None, th
     dt = time.perf_counter() - t0
     for msg in problems:
         print(f"skipped: {msg}", file=sys.stderr)
-    print(f"{done} input(s), {frames_done} frame(s) in {dt:.1f} s ({frames_done / max(dt, 1e-9):.1f} frames/s on "
-          f"{p.device_name()}); outputs in {out_dir}")
+    print(
+        f"{done} input(s), {frames_done} frame(s) in {dt:.1f} s ({frames_done / max(dt, 1e-9):.1f} frames/s on "
+        f"{p.device_name()}); outputs in {out_dir}"
+    )
     if not done:
         raise PolypsegError("nothing could be processed")
     return True

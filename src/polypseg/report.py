@@ -40,7 +40,13 @@ def _curves(dice_curve: np.ndarray, pr) -> tuple[str, str]:
     a = _fig_b64(fig)
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.plot(pr[0], pr[1])
-    ax.set(xlabel="recall (pixels)", ylabel="precision (pixels)", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall")
+    ax.set(
+        xlabel="recall (pixels)",
+        ylabel="precision (pixels)",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title="Precision-recall",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return a, _fig_b64(fig)
@@ -55,15 +61,30 @@ def _fmt(v) -> str:
 def write_report(path, metrics: dict, rows: list[dict], thumbs: list, dice_curve, pr) -> None:
     dice_png, pr_png = _curves(dice_curve, pr)
     seg, det, cls = metrics["segmentation"], metrics["detection"], metrics["classification"]
-    names = {"dice": f"Dice@{metrics['threshold']}", "iou": f"IoU@{metrics['threshold']}", "mdice": "mDice (256 thresholds)",
-             "miou": "mIoU (256 thresholds)", "s_measure": "S-measure", "wf_measure": "weighted F-measure",
-             "mean_e_measure": "mean E-measure", "max_e_measure": "max E-measure", "mae": "MAE", "hd95": "HD95 (px)",
-             "precision": "precision", "recall": "recall", "specificity": "specificity"}
+    names = {
+        "dice": f"Dice@{metrics['threshold']}",
+        "iou": f"IoU@{metrics['threshold']}",
+        "mdice": "mDice (256 thresholds)",
+        "miou": "mIoU (256 thresholds)",
+        "s_measure": "S-measure",
+        "wf_measure": "weighted F-measure",
+        "mean_e_measure": "mean E-measure",
+        "max_e_measure": "max E-measure",
+        "mae": "MAE",
+        "hd95": "HD95 (px)",
+        "precision": "precision",
+        "recall": "recall",
+        "specificity": "specificity",
+    }
     seg_rows = "".join(f"<tr><td>{names[k]}</td><td>{_fmt(seg[k])}</td></tr>" for k in names)
-    det_rows = "".join(f"<tr><td>{k}</td><td>{_fmt(det[k])}</td></tr>" for k in
-                       ("recall", "precision", "f1", "fp_per_frame", "tp", "fp", "fn"))
-    cls_rows = "".join(f"<tr><td>{k}</td><td>{_fmt(cls[k])}</td></tr>" for k in
-                       ("auroc", "sensitivity", "specificity", "positives", "negatives", "score"))
+    det_rows = "".join(
+        f"<tr><td>{k}</td><td>{_fmt(det[k])}</td></tr>"
+        for k in ("recall", "precision", "f1", "fp_per_frame", "tp", "fp", "fn")
+    )
+    cls_rows = "".join(
+        f"<tr><td>{k}</td><td>{_fmt(cls[k])}</td></tr>"
+        for k in ("auroc", "sensitivity", "specificity", "positives", "negatives", "score")
+    )
     scored = [(i, r["dice"]) for i, r in enumerate(rows) if "dice" in r]
     scored.sort(key=lambda x: x[1])
     worst, best = scored[:10], scored[-5:][::-1]
@@ -74,16 +95,17 @@ def write_report(path, metrics: dict, rows: list[dict], thumbs: list, dice_curve
             img, gt, ov = thumbs[i]
             cells.append(
                 f"<figure><img src='data:image/png;base64,{_png_b64(np.concatenate([img, gt, ov], 1))}'>"
-                f"<figcaption>{html.escape(rows[i]['name'])}: Dice {d:.3f}</figcaption></figure>")
+                f"<figcaption>{html.escape(rows[i]['name'])}: Dice {d:.3f}</figcaption></figure>"
+            )
         return "".join(cells)
 
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>polypseg evaluation</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:0.5em 2em 1em 0;display:inline-table;vertical-align:top}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{margin:0.6em 0}}img{{max-width:100%}}code{{background:#f3f3f3}}</style></head><body>
 <h1>polypseg evaluation</h1>
-<p>Data <code>{html.escape(metrics['data'])}</code>: {metrics['frames']} frames ({metrics['polyp_frames']} with a polyp), {html.escape(metrics['split'])}.<br>
-Checkpoint <code>{html.escape(metrics['checkpoint'])}</code> (sha256 {metrics['checkpoint_sha256'][:16]}…), threshold {metrics['threshold']}, device {html.escape(metrics['device'])}.<br>
-{html.escape(metrics['resize_note'])}. Frames with an empty mask are left out of the segmentation means.</p>
+<p>Data <code>{html.escape(metrics["data"])}</code>: {metrics["frames"]} frames ({metrics["polyp_frames"]} with a polyp), {html.escape(metrics["split"])}.<br>
+Checkpoint <code>{html.escape(metrics["checkpoint"])}</code> (sha256 {metrics["checkpoint_sha256"][:16]}…), threshold {metrics["threshold"]}, device {html.escape(metrics["device"])}.<br>
+{html.escape(metrics["resize_note"])}. Frames with an empty mask are left out of the segmentation means.</p>
 <h2>Metrics</h2>
 <table><tr><th>segmentation (mean per image)</th><th></th></tr>{seg_rows}</table>
 <table><tr><th>detection per polyp</th><th></th></tr>{det_rows}</table>

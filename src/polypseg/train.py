@@ -54,7 +54,15 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int, budget: dict | None = None
     return f
 
 
-def prepare_data(cfg: TrainConfig, data=None, images=None, masks=None, cache_dir=None, split: Split | None = None, log=print):
+def prepare_data(
+    cfg: TrainConfig,
+    data=None,
+    images=None,
+    masks=None,
+    cache_dir=None,
+    split: Split | None = None,
+    log=print,
+):
     """Validated pairs -> groups -> split -> decoded arrays. Returns (decoded, split, train_idx, val_idx, info)."""
     dataset = discover(data, images, masks)
     checked = validate(dataset)
@@ -70,20 +78,32 @@ def prepare_data(cfg: TrainConfig, data=None, images=None, masks=None, cache_dir
         split = Split.load(cfg.data.split)
     if split is None:
         split = make_split(
-            dataset.names, groups, method=cfg.data.split_by, val_fraction=cfg.data.val_fraction,
-            folds=cfg.data.folds, fold=cfg.data.fold, seed=cfg.seed,
+            dataset.names,
+            groups,
+            method=cfg.data.split_by,
+            val_fraction=cfg.data.val_fraction,
+            folds=cfg.data.folds,
+            fold=cfg.data.fold,
+            seed=cfg.seed,
         )
     split.indices(dataset.names)  # every split name must be in this data (clear error otherwise)
     check_no_leak(split, dataset.names, groups)
     decoded = load_decoded(pairs, cfg.data.height, cfg.data.width, cache_dir=cache_dir)
     train_idx, val_idx = split.indices(decoded.names)
-    info = {"root": str(dataset.root), "layout": dataset.layout, "frames": len(pairs),
-            "fingerprint": content_fingerprint(pairs), "groups": group_source}
+    info = {
+        "root": str(dataset.root),
+        "layout": dataset.layout,
+        "frames": len(pairs),
+        "fingerprint": content_fingerprint(pairs),
+        "groups": group_source,
+    }
     return decoded, split, train_idx, val_idx, info
 
 
 @torch.no_grad()
-def evaluate_tensors(model, images, masks, batch_size: int, amp: bool, threshold: float = 0.5) -> tuple[float, float]:
+def evaluate_tensors(
+    model, images, masks, batch_size: int, amp: bool, threshold: float = 0.5
+) -> tuple[float, float]:
     """Mean Dice and IoU at `threshold` over frames with a non-empty mask (network resolution)."""
     model.eval()
     dices, ious, keep = [], [], []
@@ -182,13 +202,27 @@ def train(
     info, device = distributed.setup(cfg.device)
     log = print if info.main else (lambda *a, **k: None)
     try:
-        return _train(cfg, out, data, images, masks, ckpt, cache_dir, progress and info.main,
-                      stop_after_epoch, info, device, log)
+        return _train(
+            cfg,
+            out,
+            data,
+            images,
+            masks,
+            ckpt,
+            cache_dir,
+            progress and info.main,
+            stop_after_epoch,
+            info,
+            device,
+            log,
+        )
     finally:
         distributed.teardown(info)
 
 
-def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_epoch, info, device, log) -> dict:
+def _train(
+    cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_epoch, info, device, log
+) -> dict:
     cuda = device.type == "cuda"
     amp = cfg.amp and cuda
     torch.manual_seed(cfg.seed)
@@ -203,7 +237,9 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
     split = Split.from_dict(ckpt["split"]) if ckpt else None
     if info.enabled and not info.main:
         torch.distributed.barrier()
-    decoded, split, train_idx, val_idx, data_info = prepare_data(cfg, data, images, masks, cache_dir, split, log)
+    decoded, split, train_idx, val_idx, data_info = prepare_data(
+        cfg, data, images, masks, cache_dir, split, log
+    )
     if info.enabled and info.main:
         torch.distributed.barrier()
     if ckpt and ckpt["dataset"]["fingerprint"] != data_info["fingerprint"]:
@@ -226,7 +262,9 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
     model = create_model(arch["name"], **arch["kwargs"]).to(device)
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=cuda)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=cuda
+    )
     budget = {"frac": 0.0}
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch, budget))
     ema = None
@@ -246,7 +284,13 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
         st = ckpt["train_state"]
-        start_epoch, best, best_epoch, elapsed, history = st["epoch"], st["best"], st["best_epoch"], st["elapsed_s"], st["history"]
+        start_epoch, best, best_epoch, elapsed, history = (
+            st["epoch"],
+            st["best"],
+            st["best_epoch"],
+            st["elapsed_s"],
+            st["history"],
+        )
         _set_rng_state(ckpt["rng"], sample_gen, augment)
         budget["frac"] = elapsed / cfg.time_limit_s if cfg.time_limit_s else 0.0
         log(f"resuming {out} at epoch {start_epoch}")
@@ -262,20 +306,34 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
             with open(out / "metrics.csv", "w", newline="") as f:
                 csv.writer(f).writerow(CSV_FIELDS)
         n_params = count_parameters(model)
-        log(f"training {cfg.model.name} (width {cfg.model.width}, {n_params / 1e6:.2f}M params) on {device_name(device)}"
+        log(
+            f"training {cfg.model.name} (width {cfg.model.width}, {n_params / 1e6:.2f}M params) on {device_name(device)}"
             f"{f' x{info.world_size}' if info.enabled else ''}; {n_train} train / {len(x_val)} val frames "
-            f"at {cfg.data.height}x{cfg.data.width}; split: {split.method}; {data_info['groups']}")
+            f"at {cfg.data.height}x{cfg.data.width}; split: {split.method}; {data_info['groups']}"
+        )
 
     def checkpoint_dict(epoch: int, metrics: dict, full: bool) -> dict:
         weights = eval_model if not full else model
-        extra = dict(config=asdict(cfg), split=split.to_dict(), dataset=data_info, metrics=metrics, epoch=epoch,
-                     threshold=cfg.threshold)
+        extra = dict(
+            config=asdict(cfg),
+            split=split.to_dict(),
+            dataset=data_info,
+            metrics=metrics,
+            epoch=epoch,
+            threshold=cfg.threshold,
+        )
         c = make_checkpoint(weights, arch, cfg.data.height, cfg.data.width, **extra)
         c["threshold"] = cfg.threshold
         if full:
-            c.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                     ema=ema.state_dict() if ema is not None else None, rng=_rng_state(sample_gen, augment),
-                     train_state=dict(epoch=epoch, best=best, best_epoch=best_epoch, elapsed_s=elapsed, history=history))
+            c.update(
+                optimizer=opt.state_dict(),
+                scheduler=sched.state_dict(),
+                ema=ema.state_dict() if ema is not None else None,
+                rng=_rng_state(sample_gen, augment),
+                train_state=dict(
+                    epoch=epoch, best=best, best_epoch=best_epoch, elapsed_s=elapsed, history=history
+                ),
+            )
         return c
 
     bar = None
@@ -318,8 +376,15 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
                 f"loss became {epoch_loss} in epoch {epoch + 1}; stopped. The last good checkpoint is "
                 f"{out / 'last.pt'} (try a lower optim.lr or optim.grad_clip)"
             )
-        row = {"epoch": epoch + 1, "elapsed_s": round(elapsed, 3), "lr": sched.get_last_lr()[0],
-               "loss": epoch_loss, "val_dice": "", "val_iou": "", "img_per_s": round(steps_per_epoch * batch / dt, 1)}
+        row = {
+            "epoch": epoch + 1,
+            "elapsed_s": round(elapsed, 3),
+            "lr": sched.get_last_lr()[0],
+            "loss": epoch_loss,
+            "val_dice": "",
+            "val_iou": "",
+            "img_per_s": round(steps_per_epoch * batch / dt, 1),
+        }
 
         over_time = cfg.time_limit_s and elapsed >= cfg.time_limit_s
         kill = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
@@ -332,7 +397,10 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
             if vd > best:
                 best, best_epoch, since_val = vd, epoch + 1, 0
                 if info.main:
-                    save_atomic(checkpoint_dict(epoch + 1, {"val_dice": vd, "val_iou": vi}, full=False), out / "best.pt")
+                    save_atomic(
+                        checkpoint_dict(epoch + 1, {"val_dice": vd, "val_iou": vi}, full=False),
+                        out / "best.pt",
+                    )
         history.append(row)
         early = cfg.early_stop and since_val >= cfg.early_stop
         if info.main:
@@ -340,7 +408,9 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
                 csv.DictWriter(f, CSV_FIELDS).writerow(row)
             save_atomic(checkpoint_dict(epoch + 1, {"val_dice": row["val_dice"]}, full=True), out / "last.pt")
         if bar:
-            bar.set_postfix(loss=f"{epoch_loss:.4f}", dice=row["val_dice"], best=f"{best:.4f}", img_s=row["img_per_s"])
+            bar.set_postfix(
+                loss=f"{epoch_loss:.4f}", dice=row["val_dice"], best=f"{best:.4f}", img_s=row["img_per_s"]
+            )
             bar.update(1)
         if over_time or early or kill:
             stopped = "time limit" if over_time else "early stop" if early else "interrupted"
@@ -357,21 +427,31 @@ def _train(cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_
         "best_val_dice": best,
         "best_epoch": best_epoch,
         "train_seconds": round(elapsed, 2),
-        "mean_img_per_s": round(float(np.mean([h["img_per_s"] for h in history[1:] or history])), 1) if history else None,
+        "mean_img_per_s": round(float(np.mean([h["img_per_s"] for h in history[1:] or history])), 1)
+        if history
+        else None,
         "time_to_dice_0.85_s": time_to(history, 0.85),
         "time_to_dice_0.90_s": time_to(history, 0.90),
         "device": device_name(device),
         "world_size": info.world_size,
         "params": count_parameters(model),
         "dataset": data_info,
-        "split": {"method": split.method, "seed": split.seed, "fold": split.fold, "train": len(split.train), "val": len(split.val)},
+        "split": {
+            "method": split.method,
+            "seed": split.seed,
+            "fold": split.fold,
+            "train": len(split.train),
+            "val": len(split.val),
+        },
     }
     if info.main:
         plot_curves(history, out / "curves.png")
         tmp = out / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=1))
         os.replace(tmp, out / "summary.json")
-        log(f"best val Dice@0.5 {best:.4f} at epoch {best_epoch}; {summary['train_seconds']} s; run folder {out}")
+        log(
+            f"best val Dice@0.5 {best:.4f} at epoch {best_epoch}; {summary['train_seconds']} s; run folder {out}"
+        )
     return summary
 
 

@@ -96,7 +96,10 @@ class BatchAugment:
                 K.RandomHorizontalFlip(p=cfg.flip),
                 K.RandomVerticalFlip(p=cfg.flip),
                 K.RandomAffine(
-                    degrees=cfg.rotate, translate=(cfg.shift, cfg.shift), scale=(1 - cfg.scale, 1 + cfg.scale), p=1.0
+                    degrees=cfg.rotate,
+                    translate=(cfg.shift, cfg.shift),
+                    scale=(1 - cfg.scale, 1 + cfg.scale),
+                    p=1.0,
                 ),
                 K.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, p=1.0),
                 data_keys=["input", "mask"],

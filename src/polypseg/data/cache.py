@@ -74,7 +74,9 @@ def _decode_one(pair: Pair, height: int, width: int):
     return resize_to(img, height, width).transpose(2, 0, 1), resize_mask(mask, height, width), img.shape[:2]
 
 
-def decode(pairs: list[Pair], height: int, width: int, workers: int | None = None, progress: bool = False) -> Decoded:
+def decode(
+    pairs: list[Pair], height: int, width: int, workers: int | None = None, progress: bool = False
+) -> Decoded:
     """Decode and resize every pair (no cache)."""
     workers = workers or min(8, os.cpu_count() or 1)
     n = len(pairs)
@@ -93,7 +95,11 @@ def decode(pairs: list[Pair], height: int, width: int, workers: int | None = Non
 
 
 def load_decoded(
-    pairs: list[Pair], height: int, width: int, cache_dir: str | os.PathLike | None = None, progress: bool = True
+    pairs: list[Pair],
+    height: int,
+    width: int,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> Decoded:
     """Decoded arrays for `pairs` at (height, width), from the cache when its fingerprint matches."""
     fp = fingerprint(pairs, (height, width))
@@ -116,7 +122,9 @@ def load_decoded(
         tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".tmp-"))
         np.save(tmp / "images.npy", dec.images)
         np.save(tmp / "masks.npy", dec.masks)
-        (tmp / "meta.json").write_text(json.dumps({"names": dec.names, "sizes": dec.sizes, "fingerprint": fp}))
+        (tmp / "meta.json").write_text(
+            json.dumps({"names": dec.names, "sizes": dec.sizes, "fingerprint": fp})
+        )
         try:
             os.replace(tmp, entry)  # atomic: readers see a whole entry or none
         except OSError:

@@ -41,7 +41,9 @@ def _safe_extract(zf: zipfile.ZipFile, dest: Path) -> None:
     zf.extractall(dest)
 
 
-def download(name: str, dest_root: Path, url: str | None = None, sha256: str | None = None, timeout: float = 60) -> Path:
+def download(
+    name: str, dest_root: Path, url: str | None = None, sha256: str | None = None, timeout: float = 60
+) -> Path:
     """Fetch dataset `name` into dest_root/<folder>; return that folder."""
     if name not in SOURCES:
         raise PolypsegError(f"unknown dataset {name!r}; known: {', '.join(SOURCES)}")

@@ -56,7 +56,11 @@ def resolve_data(data: str | os.PathLike | None) -> Path:
         if not path.exists() and str(data).lower() in KNOWN_NAMES:
             path = data_home() / KNOWN_NAMES[str(data).lower()]
     if not path.is_dir():
-        hint = "" if data is not None else " (set --data or $POLYPSEG_DATA, or run `polypseg data download cvc-clinicdb`)"
+        hint = (
+            ""
+            if data is not None
+            else " (set --data or $POLYPSEG_DATA, or run `polypseg data download cvc-clinicdb`)"
+        )
         raise PolypsegError(f"data folder not found: {path}{hint}")
     return path
 
@@ -122,7 +126,9 @@ def _natural_key(name: str):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
-def discover(data: str | os.PathLike | None = None, images: str | None = None, masks: str | None = None) -> Dataset:
+def discover(
+    data: str | os.PathLike | None = None, images: str | None = None, masks: str | None = None
+) -> Dataset:
     """Find every image/mask pair of a dataset folder (or of explicit image and mask folders)."""
     if images or masks:
         if not (images and masks):

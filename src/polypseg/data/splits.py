@@ -164,7 +164,10 @@ def make_split(
     if not train or not val:
         raise PolypsegError("split leaves one side empty; use more data or another val fraction")
     return Split(
-        method, seed, train, val,
+        method,
+        seed,
+        train,
+        val,
         fold=fold if method == "kfold" else None,
         folds=folds if method == "kfold" else None,
         val_groups=val_groups,

@@ -22,8 +22,8 @@ from importlib import resources
 import cv2
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polypseg.imageio import to_rgb_uint8
@@ -67,9 +67,15 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
     return to_rgb_uint8(img, bgr=True)
 
 
-def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
-               timeout_s: float = TIMEOUT_S) -> FastAPI:
-    app = FastAPI(title="polypseg", description="Polyp segmentation, detection and frame scores for colonoscopy images.")
+def create_app(
+    predictor: Predictor,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int = MAX_PIXELS,
+    timeout_s: float = TIMEOUT_S,
+) -> FastAPI:
+    app = FastAPI(
+        title="polypseg", description="Polyp segmentation, detection and frame scores for colonoscopy images."
+    )
     # One dedicated inference thread: requests queue for it (serialised, so one model copy and bounded
     # memory), and all inference allocations stay in one thread's malloc arena instead of one per
     # worker thread (which grew the process by ~1.3 GB over a 24-request burst).
@@ -92,11 +98,18 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES, m
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": predictor.meta.get("arch"), "input": [predictor.height, predictor.width],
-                "threshold": predictor.threshold, "device": predictor.device_name()}
+        return {
+            "status": "ok",
+            "model": predictor.meta.get("arch"),
+            "input": [predictor.height, predictor.width],
+            "threshold": predictor.threshold,
+            "device": predictor.device_name(),
+        }
 
     @app.post("/predict")
-    async def predict(file: UploadFile = File(...), threshold: float | None = Query(None, ge=0.0, le=1.0)) -> dict:
+    async def predict(
+        file: UploadFile = File(...), threshold: float | None = Query(None, ge=0.0, le=1.0)
+    ) -> dict:
         ctype = (file.content_type or "").split(";")[0]
         if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
             raise HTTPException(415, f"content type {ctype} is not an image")
@@ -120,17 +133,23 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES, m
             return out
 
         try:
-            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(inference, work), timeout_s)
+            return await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(inference, work), timeout_s
+            )
         except asyncio.TimeoutError:
             raise HTTPException(503, f"inference took longer than {timeout_s} s") from None
 
     return app
 
 
-def run(checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
+def run(
+    checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto"
+) -> None:
     import uvicorn
 
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
-    print(f"polypseg serving {predictor.meta.get('arch', {}).get('name')} on http://{host}:{port}/ "
-          f"({predictor.device_name()}); API docs at /docs")
+    print(
+        f"polypseg serving {predictor.meta.get('arch', {}).get('name')} on http://{host}:{port}/ "
+        f"({predictor.device_name()}); API docs at /docs"
+    )
     uvicorn.run(create_app(predictor), host=host, port=port, log_level="warning")
