@@ -127,6 +127,10 @@ def test_api_matches_cli_and_evaluation(tiny_run, frames, cvc_subset, tmp_path):
     assert np.array_equal(cv2.imread(str(out / "cvc5_mask.png"), 0) > 0, r.mask)
     batch = p.predict_batch([rgb, rgb[:, ::-1]])
     assert batch[0].to_json() == r.to_json() and len(batch) == 2
+    # Flip TTA averages the flipped predictions: a different map of the same size and range.
+    t = Predictor.from_checkpoint(tiny_run / "best.pt", device="cpu", tta=True).predict(rgb)
+    assert t.probability.shape == r.probability.shape and 0 <= t.probability.min() <= t.probability.max() <= 1
+    assert not np.array_equal(t.probability, r.probability)
     # The evaluation path sees exactly the same probabilities (frame 5 of the subset).
     ev = evaluate(
         checkpoint=str(tiny_run / "best.pt"),
