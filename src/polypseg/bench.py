@@ -38,6 +38,18 @@ def _time(fn, iters: int, sync) -> list[float]:
     return out
 
 
+def _summary(lat_ms: list[float], thr_ms: list[float], batch: int, precision: str) -> dict:
+    """Latency percentiles at batch 1 and throughput at `batch`, from per-call times in ms."""
+    return {
+        "p50_ms": float(np.percentile(lat_ms, 50)),
+        "p95_ms": float(np.percentile(lat_ms, 95)),
+        "fps_batch1": 1000 / float(np.median(lat_ms)),
+        "throughput_img_s": batch * 1000 / float(np.median(thr_ms)),
+        "batch": batch,
+        "precision": precision,
+    }
+
+
 def bench_torch(model, device, h, w, iters, batch) -> dict:
     cuda = device.type == "cuda"
     model = model.to(device).eval()
@@ -59,14 +71,7 @@ def bench_torch(model, device, h, w, iters, batch) -> dict:
 
     lat = _time(run(1), iters, sync)
     thr = _time(run(batch), max(3, iters // 4), sync)
-    return {
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p95_ms": float(np.percentile(lat, 95)),
-        "fps_batch1": 1000 / float(np.median(lat)),
-        "throughput_img_s": batch * 1000 / float(np.median(thr)),
-        "batch": batch,
-        "precision": "bf16" if cuda else "fp32",
-    }
+    return _summary(lat, thr, batch, "bf16" if cuda else "fp32")
 
 
 def bench_onnx(model, h, w, iters, batch) -> dict:
@@ -84,14 +89,7 @@ def bench_onnx(model, h, w, iters, batch) -> dict:
     xb = np.random.randint(0, 256, (batch, 3, h, w), dtype=np.uint8)
     lat = _time(lambda: sess.run(None, {"image": x1}), iters, lambda: None)
     thr = _time(lambda: sess.run(None, {"image": xb}), max(3, iters // 4), lambda: None)
-    return {
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p95_ms": float(np.percentile(lat, 95)),
-        "fps_batch1": 1000 / float(np.median(lat)),
-        "throughput_img_s": batch * 1000 / float(np.median(thr)),
-        "batch": batch,
-        "precision": "fp32",
-    }
+    return _summary(lat, thr, batch, "fp32")
 
 
 def candidates(checkpoint: str | None):

@@ -99,7 +99,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         return load_safetensors(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch.load raises many types (IndexError, UnpicklingError, RuntimeError...) on junk
+    except (
+        Exception
+    ) as e:  # torch.load raises many types (IndexError, UnpicklingError, RuntimeError...) on junk
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PolypsegError(f"{path}: corrupt or unreadable checkpoint ({first[:120]})") from None
     return _check(ckpt, path)

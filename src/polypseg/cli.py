@@ -239,6 +239,11 @@ def _cmd_train(a) -> int:
     return 0
 
 
+def _prune(a) -> int | None:
+    """--mode fast means head 4 unless --prune names another; accurate mode takes --prune as given."""
+    return (a.prune or 4) if a.mode == "fast" else a.prune
+
+
 def _cmd_evaluate(a) -> int:
     from polypseg.evaluate import evaluate
 
@@ -250,7 +255,7 @@ def _cmd_evaluate(a) -> int:
         split=a.split,
         out=a.out,
         threshold=a.threshold,
-        prune=(a.prune or 4) if a.mode == "fast" else a.prune,
+        prune=_prune(a),
         tta=a.tta,
         min_area=a.min_area,
         device=a.device,
@@ -269,7 +274,7 @@ def _cmd_predict(a) -> int:
         checkpoint=a.checkpoint,
         threshold=a.threshold,
         tta=a.tta,
-        prune=(a.prune or 4) if a.mode == "fast" else a.prune,
+        prune=_prune(a),
         batch_size=a.batch_size,
         min_area=a.min_area,
         device=a.device,

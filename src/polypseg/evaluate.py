@@ -9,7 +9,6 @@ Frames with an empty ground truth are left out of the segmentation means and rep
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from scipy import ndimage, stats
 
 from polypseg import detection
 from polypseg.data.cache import content_fingerprint
+from polypseg.data.download import sha256_of
 from polypseg.data.layouts import discover
 from polypseg.data.splits import Split
 from polypseg.data.validate import validate
@@ -154,14 +154,6 @@ def _nanmean(vals) -> float:
     return float(arr.mean()) if len(arr) else float("nan")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def evaluate(
     checkpoint: str | None = None,
     data=None,
@@ -284,7 +276,7 @@ def evaluate(
 
     metrics = {
         "checkpoint": str(ckpt_path),
-        "checkpoint_sha256": sha256_file(ckpt_path),
+        "checkpoint_sha256": sha256_of(ckpt_path),
         "model": predictor.meta.get("arch"),
         "prune": prune,
         "tta": tta,
