@@ -116,3 +116,31 @@ def test_foreign_onnx_is_a_clear_error(tmp_path, capsys):
         )
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1
+
+
+def test_fixed_batch_onnx_serves_any_batch(tiny_run, cvc_subset, tmp_path):
+    # Exported without --dynamic-batch, the graph takes batch 1; predict still runs batches of 8 frames.
+    fixed = tmp_path / "fixed.onnx"
+    args = [
+        "export",
+        "--checkpoint",
+        str(tiny_run / "best.pt"),
+        "--out",
+        str(fixed),
+        "--data",
+        str(cvc_subset),
+    ]
+    assert main(args) == 0
+    out = tmp_path / "q"
+    args = [
+        "predict",
+        str(cvc_subset / "images"),
+        "--checkpoint",
+        str(fixed),
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+    ]
+    assert main(args) == 0
+    assert len(list(out.glob("*.json"))) == 40

@@ -144,8 +144,13 @@ class Predictor:
         """(B, H, W, 3) uint8 at network size -> (B, H, W) float32 probabilities."""
         if self.session is not None:
             inp = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-            name = self.session.get_inputs()[0].name
-            return self.session.run(None, {name: inp})[0][:, 0]
+            spec = self.session.get_inputs()[0]
+            # A model exported without --dynamic-batch takes a fixed batch: feed it that many at a time.
+            step = spec.shape[0] if isinstance(spec.shape[0], int) else len(inp)
+            outs = [
+                self.session.run(None, {spec.name: inp[i : i + step]})[0] for i in range(0, len(inp), step)
+            ]
+            return np.concatenate(outs)[:, 0]
         t = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float()
         if self.device.type == "cuda":
             t = t.contiguous(memory_format=torch.channels_last)
