@@ -288,7 +288,7 @@ def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: in
     positives, n = [], 0
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="frame", desc=path.name, leave=False, file=sys.stderr)
+    bar = tqdm(total=total, unit="frame", desc=path.name, leave=False, file=sys.stderr, disable=None)
     with open(lines_tmp, "w") as lines:
         while True:
             frames = []
@@ -387,7 +387,7 @@ def predict_paths(
     from tqdm import tqdm
 
     bar = (
-        tqdm(total=len(images), unit="img", desc="predicting", leave=False, file=sys.stderr)
+        tqdm(total=len(images), unit="img", desc="predicting", leave=False, file=sys.stderr, disable=None)
         if images
         else None
     )

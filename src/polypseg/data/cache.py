@@ -88,7 +88,7 @@ def decode(
         if progress:
             from tqdm import tqdm
 
-            it = tqdm(it, total=n, desc="decoding", unit="img", leave=False)
+            it = tqdm(it, total=n, desc="decoding", unit="img", leave=False, disable=None)
         for i, (img, mask, size) in enumerate(it):
             images[i], masks[i, 0], sizes[i] = img, mask, size
     return Decoded(images, masks, [p.name for p in pairs], sizes, fingerprint(pairs, (height, width)))
