@@ -1,6 +1,6 @@
 """Decoded-cache load time vs decoding the PNGs, side by side, for the 612-frame CVC-ClinicDB set.
 
-  python benchmarks/cache_load.py [--data DIR] [--size 288 384] [--json benchmarks/results/cache_load.json]
+python benchmarks/cache_load.py [--data DIR] [--size 288 384] [--json benchmarks/results/cache_load.json]
 """
 
 from __future__ import annotations

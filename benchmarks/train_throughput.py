@@ -26,9 +26,10 @@ import torch
 
 from polypseg.config import load_config
 from polypseg.data.layouts import discover, resolve_data
+from polypseg.devices import device_name
 from polypseg.losses import seg_loss
 from polypseg.models import create_model
-from polypseg.train import device_name, train
+from polypseg.train import train
 
 
 def network_alone(device, width, size, batch, seconds, amp) -> float:

@@ -12,9 +12,8 @@ import numpy as np
 import torch
 
 from polypseg.checkpoint import build_model, load_checkpoint
+from polypseg.devices import device_name, pick_device
 from polypseg.models import count_parameters, create_model
-from polypseg.predict import pick_device
-from polypseg.train import device_name
 
 
 def gflops(model, h: int, w: int) -> float:

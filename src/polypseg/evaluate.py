@@ -201,7 +201,9 @@ def evaluate(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(chosen), unit="img", desc="evaluating", leave=False, file=sys.stderr, disable=None)
+        bar = tqdm(
+            total=len(chosen), unit="img", desc="evaluating", leave=False, file=sys.stderr, disable=None
+        )
     for i in it:
         group = chosen[i : i + batch_size]
         frames = [read_rgb(p.image) for p in group]

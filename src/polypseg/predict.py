@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from polypseg.checkpoint import build_model, describe, load_checkpoint
 from polypseg.detection import components
+from polypseg.devices import device_name, pick_device
 from polypseg.errors import PolypsegError
 from polypseg.imageio import VIDEO_EXTENSIONS, read_rgb, resize_to, sniff_image, to_rgb_uint8, write_png
 
@@ -49,14 +50,6 @@ def resolve_checkpoint(path: str | os.PathLike | None, default: str = "full") ->
     if str(path) in BUNDLED and not Path(path).exists():
         return bundled_checkpoint(str(path))
     return Path(path)
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PolypsegError("CUDA was asked for but no GPU is available")
-    return torch.device(device)
 
 
 @dataclass
@@ -205,8 +198,6 @@ class Predictor:
     def device_name(self) -> str:
         if self.session is not None:
             return f"CPU (ONNX Runtime, {self.session.get_providers()[0]})"
-        from polypseg.train import device_name
-
         return device_name(self.device)
 
 

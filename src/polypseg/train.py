@@ -28,6 +28,7 @@ from polypseg.data.cache import content_fingerprint, load_decoded
 from polypseg.data.layouts import discover
 from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
 from polypseg.data.validate import validate
+from polypseg.devices import device_name
 from polypseg.errors import PolypsegError
 from polypseg.losses import seg_loss
 from polypseg.metrics import batch_dice_iou
@@ -453,11 +454,3 @@ def _train(
             f"best val Dice@0.5 {best:.4f} at epoch {best_epoch}; {summary['train_seconds']} s; run folder {out}"
         )
     return summary
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
