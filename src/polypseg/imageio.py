@@ -50,11 +50,16 @@ def truncation_problem(path: str | os.PathLike) -> str | None:
             tail = f.read()
     except OSError as e:
         return f"cannot read: {e.strerror}"
+    return truncation_of(head, tail)
+
+
+def truncation_of(head: bytes, tail: bytes) -> str | None:
+    """The end-marker rule on a file's first bytes and its last 2 KiB (files on disk and uploads alike)."""
     if head.startswith(b"\x89PNG"):
         if b"IEND" not in tail[-64:]:
             return "truncated PNG (no IEND chunk)"
     elif head.startswith(b"\xff\xd8"):
-        if b"\xff\xd9" not in tail:
+        if b"\xff\xd9" not in tail[-2048:]:
             return "truncated JPEG (no end-of-image marker)"
     return None
 

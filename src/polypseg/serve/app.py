@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from polypseg.imageio import to_rgb_uint8
+from polypseg.imageio import to_rgb_uint8, truncation_of
 from polypseg.predict import Predictor, overlay
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
@@ -59,11 +59,10 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise HTTPException(422, "the image could not be decoded (corrupt or truncated)")
-    # OpenCV decodes cut-off files silently; the same end-marker rule as `data check`, on bytes.
-    if data[:4] == b"\x89PNG" and b"IEND" not in data[-64:]:
-        raise HTTPException(422, "truncated PNG (no IEND chunk)")
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-2048:]:
-        raise HTTPException(422, "truncated JPEG (no end-of-image marker)")
+    # OpenCV decodes cut-off files silently; the same end-marker rule as `data check`.
+    problem = truncation_of(data[:8], data[-2048:])
+    if problem:
+        raise HTTPException(422, problem)
     return to_rgb_uint8(img, bgr=True)
 
 
