@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from polypseg import atomic
 from polypseg.errors import PolypsegError
 
 
@@ -192,6 +193,4 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    atomic.write_text(path, yaml.safe_dump(asdict(cfg), sort_keys=False))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from polypseg import atomic
 from polypseg.checkpoint import build_model, describe, load_checkpoint
 from polypseg.detection import components
 from polypseg.devices import device_name, pick_device
@@ -261,12 +262,6 @@ def _out_name(path: Path, used: set[str]) -> str:
     return name
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: int) -> dict:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -334,7 +329,7 @@ def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: in
         "episodes": episodes,
         "threshold": p.threshold,
     }
-    _write_json(out / f"{name}_summary.json", summary)
+    atomic.write_json(out / f"{name}_summary.json", summary)
     return summary
 
 
@@ -398,7 +393,7 @@ def predict_paths(
             name = _out_name(f, used)
             write_png(out_dir / f"{name}_mask.png", pred.mask.astype(np.uint8) * 255)
             write_png(out_dir / f"{name}_overlay.png", overlay(rgb, pred))
-            _write_json(out_dir / f"{name}.json", pred.to_json())
+            atomic.write_json(out_dir / f"{name}.json", pred.to_json())
             done += 1
             frames_done += 1
     if bar:

@@ -8,7 +8,6 @@ are once per epoch (loss) and at validation.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import random
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from polypseg import distributed
+from polypseg import atomic, distributed
 from polypseg.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from polypseg.config import TrainConfig, config_from_dict, save_config
 from polypseg.data.augment import BatchAugment
@@ -324,7 +323,6 @@ def _train(
             threshold=cfg.threshold,
         )
         c = make_checkpoint(weights, arch, cfg.data.height, cfg.data.width, **extra)
-        c["threshold"] = cfg.threshold
         if full:
             c.update(
                 optimizer=opt.state_dict(),
@@ -447,9 +445,7 @@ def _train(
     }
     if info.main:
         plot_curves(history, out / "curves.png")
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, out / "summary.json")
+        atomic.write_json(out / "summary.json", summary)
         log(
             f"best val Dice@0.5 {best:.4f} at epoch {best_epoch}; {summary['train_seconds']} s; run folder {out}"
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from polypseg import atomic
 from polypseg.data.layouts import Dataset
 from polypseg.errors import PolypsegError
 
@@ -72,9 +73,7 @@ class Split:
         return asdict(self)
 
     def save(self, path: str | os.PathLike) -> None:
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        atomic.write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict) -> Split:
