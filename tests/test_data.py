@@ -116,3 +116,31 @@ def test_missing_folder_is_one_line_error(tmp_path, capsys):
     assert err.startswith("polypseg: error: data folder not found") and err.count("\n") == 1
     assert main(["data", "check", str(tmp_path)]) == 2
     assert "no known layout" in capsys.readouterr().err
+
+
+def test_validation_cache_follows_the_files(bad_folder, tmp_path, monkeypatch):
+    cache = tmp_path / "vcache"
+    first = validate(discover(bad_folder), cache_dir=cache)
+    assert len(list((cache / "validated").glob("*.json"))) == 1
+
+    # Unchanged files: the saved results come back without reading a single image.
+    def no_reads(pair):
+        raise AssertionError(f"{pair.name} was read again")
+
+    monkeypatch.setattr("polypseg.data.validate.check_pair", no_reads)
+    again = validate(discover(bad_folder), cache_dir=cache)
+    assert again.problems == first.problems and [r.size for r in again.reports] == [
+        r.size for r in first.reports
+    ]
+    monkeypatch.undo()
+
+    # A good image replaced by a broken one is checked again and reported.
+    good = bad_folder / "images" / "good1.png"
+    good.write_bytes(good.read_bytes()[:3000])
+    after = validate(discover(bad_folder), cache_dir=cache)
+    assert sorted(p.name for p in after.good) == ["deep", "good2", "rgba"]
+    assert any("good1.png" in f and s == "error" for s, f, _ in after.problems)
+    # --recheck reads everything even when the cache is current.
+    monkeypatch.setattr("polypseg.data.validate.check_pair", no_reads)
+    with pytest.raises(AssertionError, match="read again"):
+        validate(discover(bad_folder), cache_dir=cache, use_cache=False)

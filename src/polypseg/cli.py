@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk.add_argument("--strict", action="store_true", help="exit 1 if any problem is found")
     chk.add_argument(
+        "--recheck",
+        action="store_true",
+        help="read every file again (results for files whose size and mtime are unchanged are cached)",
+    )
+    chk.add_argument(
         "--groups", help="CSV frame,group (video sequence) for datasets without a built-in table"
     )
     dl = dsub.add_parser(
@@ -177,7 +182,7 @@ def _cmd_data_check(a) -> int:
     from polypseg.data.validate import validate
 
     ds = discover(a.data, a.images, a.masks)
-    v = validate(ds)
+    v = validate(ds, use_cache=not a.recheck)
     summary = v.summary()
     ds.pairs = v.good
     groups, source = load_groups(ds, a.groups)

@@ -65,7 +65,7 @@ def prepare_data(
 ):
     """Validated pairs -> groups -> split -> decoded arrays. Returns (decoded, split, train_idx, val_idx, info)."""
     dataset = discover(data, images, masks)
-    checked = validate(dataset)
+    checked = validate(dataset, cache_dir=cache_dir)
     pairs = checked.good
     if not pairs:
         raise PolypsegError(f"{dataset.root}: no usable image/mask pairs")
