@@ -68,6 +68,30 @@ def test_resume_is_exact(cvc_subset, subset_groups, tmp_path):
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
 
 
+@pytest.mark.parametrize("every,last_writes", [(0, 3), (1e9, 1)])
+def test_checkpoints_written_at_most_every_save_every_s(
+    cvc_subset, subset_groups, tmp_path, monkeypatch, every, last_writes
+):
+    import polypseg.train as tr
+
+    writes = []
+    real = tr.save_atomic
+    monkeypatch.setattr(
+        tr, "save_atomic", lambda ck, path: (writes.append((path.name, ck["epoch"])), real(ck, path))
+    )
+    cfg = load_config(
+        overrides=TINY + [f"data.groups={subset_groups}", "optim.epochs=3", f"save_every_s={every}"]
+    )
+    s = train(cfg, out=tmp_path / "run", data=cvc_subset, progress=False)
+    assert [e for n, e in writes if n == "last.pt"] == [1, 2, 3][-last_writes:]
+    # best.pt always ends up holding the best epoch, however rarely it was written.
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == s["best_epoch"]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    walls = [float(r["wall_s"]) for r in rows]
+    assert walls == sorted(walls) and all(float(r["wall_s"]) >= float(r["elapsed_s"]) for r in rows)
+    assert s["wall_seconds"] == pytest.approx(walls[-1], abs=0.01)
+
+
 def test_nan_loss_stops_with_clear_message(cvc_subset, subset_groups, tmp_path, capsys):
     out = tmp_path / "nan"
     args = ["train", "--data", str(cvc_subset), "--out", str(out), "--no-progress"]

@@ -80,7 +80,8 @@ class TrainConfig:
     compile: bool = False
     ema: float = 0.0  # EMA decay of the weights used for validation and best.pt (0 = off)
     val_every: int = 1
-    time_limit_s: float = 0.0  # stop after this many seconds of training (0 = no limit)
+    time_limit_s: float = 0.0  # stop after this many wall-clock seconds, validation included (0 = no limit)
+    save_every_s: float = 60.0  # write last.pt (and a new best.pt) at most this often, and at the end
     early_stop: int = 0  # stop after this many validations without improvement (0 = off)
     threshold: float = 0.5
     data: DataConfig = field(default_factory=DataConfig)
