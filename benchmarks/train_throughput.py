@@ -32,39 +32,103 @@ from polypseg.models import create_model
 from polypseg.train import train
 
 
-def network_alone(device, width, size, batch, seconds, amp) -> float:
+def network_alone(
+    device, width, size, batch, seconds, amp, channels_last=True, compile_mode=None, cuda_graph=False
+) -> dict:
+    """img/s of the training step alone on synthetic tensors; options are the speed-ups under test.
+
+    compile_mode: None (eager) or a torch.compile mode; cuda_graph: capture the whole step (forward,
+    backward, clipping, AdamW) in one CUDA graph and replay it. Returns {"img_s", "warmup_s"}.
+    """
     model = create_model("unetpp", width=width).to(device)
     cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda and channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     if cuda:
-        model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=cuda)
-    x = torch.rand(batch, 3, *size, device=device) * 255
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=cuda, capturable=cuda_graph)
+    x = (torch.rand(batch, 3, *size, device=device) * 255).contiguous(memory_format=fmt)
     y = (torch.rand(batch, 1, *size, device=device) > 0.5).float()
-    if cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
+    net = torch.compile(model, mode=compile_mode) if compile_mode else model
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and cuda):
-            heads = model(x, heads=True)
+        # The autocast weight cache cannot live across CUDA-graph replays.
+        with torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=amp and cuda, cache_enabled=not cuda_graph
+        ):
+            heads = net(x, heads=True)
         loss = seg_loss(heads, y)
-        opt.zero_grad(set_to_none=True)
+        if not cuda_graph:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    for _ in range(5):
-        step()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    t_warm = time.perf_counter()
+    if cuda_graph:
+        if not cuda:
+            raise RuntimeError("CUDA graphs need a CUDA device")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (cuDNN autotuning, AdamW state) off the capture stream
+            for _ in range(5):
+                opt.zero_grad(set_to_none=True)
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)  # backward inside the capture allocates .grad in the graph's pool
+        with torch.cuda.graph(graph):
+            step()
+        run = graph.replay
+    else:
+        for _ in range(5):
+            step()
+        run = step
     sync()
+    warmup_s = time.perf_counter() - t_warm
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        step()
+        run()
         n += 1
         if n % 10 == 0:
             sync()
     sync()
-    return n * batch / (time.perf_counter() - t0)
+    return {"img_s": n * batch / (time.perf_counter() - t0), "warmup_s": round(warmup_s, 1)}
+
+
+# Speed-ups to try on the network alone (--variants), each against the same run's baseline.
+VARIANTS = {
+    "b32": dict(batch=32),
+    "b64": dict(batch=64),
+    "nchw": dict(channels_last=False),
+    "compile": dict(compile_mode="default"),
+    "compile-max": dict(compile_mode="max-autotune-no-cudagraphs"),
+    "compile-graphs": dict(compile_mode="reduce-overhead"),
+    "graph": dict(cuda_graph=True),
+}
+
+
+def variants(names, device, width, size, batch, seconds, amp) -> dict:
+    out = {}
+    for name in names:
+        opts = dict(VARIANTS[name])
+        b = opts.pop("batch", batch)
+        try:
+            r = network_alone(device, width, size, b, seconds, amp, **opts)
+            out[name] = {"batch": b, "img_s": round(r["img_s"], 1), "warmup_s": r["warmup_s"]}
+            print(
+                f"  network alone, {name:15s} (batch {b:3d}):   {r['img_s']:8.1f} img/s  (warm-up {r['warmup_s']} s)"
+            )
+        except Exception as e:  # a variant that fails is a result too
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            out[name] = {"batch": b, "error": f"{type(e).__name__}: {msg}"}
+            print(f"  network alone, {name:15s}: failed: {out[name]['error']}")
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            torch._dynamo.reset()
+    return out
 
 
 def ours(data, device, width, size, batch, seconds, amp, backend) -> float:
@@ -190,6 +254,12 @@ def main():
     ap.add_argument(
         "--backends", default="torch,kornia", help="augmentation backends to time in the polypseg loop"
     )
+    ap.add_argument(
+        "--variants",
+        default="",
+        help=f"network-alone speed-ups to time too, comma-separated: {','.join(VARIANTS)}",
+    )
+    ap.add_argument("--skip", default="", help="parts to leave out, comma-separated: loop,conventional")
     ap.add_argument("--json", default="benchmarks/results/train_throughput.json")
     a = ap.parse_args()
     device = torch.device(a.device)
@@ -208,26 +278,36 @@ def main():
     }
     print(f"device: {res['device']}; unetpp width {a.width} at {size[0]}x{size[1]}, batch {a.batch}")
     res["network_alone_img_s"] = round(
-        network_alone(device, a.width, size, a.batch, a.seconds, not a.no_amp), 1
+        network_alone(device, a.width, size, a.batch, a.seconds, not a.no_amp)["img_s"], 1
     )
     print(f"  network alone (synthetic, on device):   {res['network_alone_img_s']:8.1f} img/s")
-    for backend in a.backends.split(","):
+    unknown = [v for v in a.variants.split(",") if v and v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if a.variants:
+        res["variants"] = variants(
+            [v for v in a.variants.split(",") if v], device, a.width, size, a.batch, a.seconds, not a.no_amp
+        )
+    skip = set(a.skip.split(","))
+    for backend in a.backends.split(",") if "loop" not in skip else []:
         v = ours(data, a.device, a.width, size, a.batch, a.seconds, not a.no_amp, backend)
         res[f"polypseg_{backend}_img_s"] = round(v, 1)
         print(f"  polypseg loop (augment: {backend:7s}):     {v:8.1f} img/s")
-    v, lib = conventional(discover(data).pairs, device, a.width, size, a.batch, a.seconds, a.workers)
-    res["conventional_img_s"], res["conventional_aug"], res["conventional_workers"] = (
-        round(v, 1),
-        lib,
-        a.workers,
-    )
-    print(f"  conventional (DataLoader x{a.workers}, {lib}, fp32): {v:8.1f} img/s")
-    best = max(res[k] for k in res if k.startswith("polypseg_"))
-    res["speedup_vs_conventional"] = round(best / res["conventional_img_s"], 2)
-    res["loop_vs_network"] = round(best / res["network_alone_img_s"], 3)
-    print(
-        f"  polypseg / conventional: {res['speedup_vs_conventional']}x; loop / network alone: {res['loop_vs_network']}"
-    )
+    if "conventional" not in skip:
+        v, lib = conventional(discover(data).pairs, device, a.width, size, a.batch, a.seconds, a.workers)
+        res["conventional_img_s"], res["conventional_aug"], res["conventional_workers"] = (
+            round(v, 1),
+            lib,
+            a.workers,
+        )
+        print(f"  conventional (DataLoader x{a.workers}, {lib}, fp32): {v:8.1f} img/s")
+    loops = [res[k] for k in res if k.startswith("polypseg_")]
+    if loops:
+        res["loop_vs_network"] = round(max(loops) / res["network_alone_img_s"], 3)
+        print(f"  loop / network alone: {res['loop_vs_network']}")
+    if loops and "conventional_img_s" in res:
+        res["speedup_vs_conventional"] = round(max(loops) / res["conventional_img_s"], 2)
+        print(f"  polypseg / conventional: {res['speedup_vs_conventional']}x")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(res, indent=1))
     print(f"wrote {a.json}")

@@ -34,6 +34,8 @@ def test_round_trip(tmp_path):
         ("amp=maybe", "expected true/false"),
         ("nokey", "key=value"),
         ("model=3", "expected a mapping"),
+        ("data.split_by=random", "data.split_by: expected one of group, kfold, frame, none; got 'random'"),
+        ("compile_mode=fastest", "compile_mode: expected one of default, reduce-overhead"),
     ],
 )
 def test_bad_overrides_rejected_by_name(override, message):

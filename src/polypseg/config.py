@@ -13,6 +13,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -24,7 +25,9 @@ from polypseg.errors import PolypsegError
 class DataConfig:
     height: int = 288  # network input; CVC-ClinicDB frames are 288x384
     width: int = 384
-    split_by: str = "group"  # group (sequence holdout) | kfold (grouped k-fold) | frame (random, leaky) | none (train on all)
+    split_by: Literal["group", "kfold", "frame", "none"] = (
+        "group"  # group (sequence holdout) | kfold (grouped k-fold) | frame (random, leaky) | none (train on all)
+    )
     val_fraction: float = 0.2
     folds: int = 5
     fold: int = 0
@@ -41,7 +44,9 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    backend: str = "torch"  # torch (one fused affine warp) | kornia (AugmentationSequential)
+    backend: Literal["torch", "kornia"] = (
+        "torch"  # torch (one fused affine warp) | kornia (AugmentationSequential)
+    )
     flip: float = 0.5  # probability of each of the horizontal and vertical flips
     rot90: bool = True
     scale: float = 0.2  # zoom in 1 +- scale
@@ -78,6 +83,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "default"
+    )
     ema: float = 0.0  # EMA decay of the weights used for validation and best.pt (0 = off)
     val_every: int = 1
     time_limit_s: float = 0.0  # stop after this many wall-clock seconds, validation included (0 = no limit)
@@ -103,6 +111,10 @@ def _coerce(value, tp, key: str):
             return None
         tp = next(a for a in args if a is not type(None))
         origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise PolypsegError(f"{key}: expected one of {', '.join(map(str, args))}; got {value!r}")
     if origin is list:
         if not isinstance(value, list):
             raise PolypsegError(f"{key}: expected a list, got {value!r}")

@@ -299,7 +299,7 @@ def _train(
         budget["frac"] = wall / cfg.time_limit_s if cfg.time_limit_s else 0.0
         log(f"resuming {out} at epoch {start_epoch}")
     train_model = DDP(model, device_ids=[device.index] if cuda else None) if info.enabled else model
-    step_model = torch.compile(train_model) if cfg.compile else train_model
+    step_model = torch.compile(train_model, mode=cfg.compile_mode) if cfg.compile else train_model
     eval_model = ema.module if ema is not None else model
 
     if info.main:
@@ -426,7 +426,9 @@ def _train(
                 if pending_best is not None:
                     save_atomic(pending_best, out / "best.pt")
                     pending_best = None
-                save_atomic(checkpoint_dict(epoch + 1, {"val_dice": row["val_dice"]}, full=True), out / "last.pt")
+                save_atomic(
+                    checkpoint_dict(epoch + 1, {"val_dice": row["val_dice"]}, full=True), out / "last.pt"
+                )
                 last_save = time.perf_counter()
         if bar:
             bar.set_postfix(
