@@ -471,7 +471,12 @@ def _train(
     if info.main:
         plot_curves(history, out / "curves.png")
         atomic.write_json(out / "summary.json", summary)
+        result = (
+            f"best val Dice@0.5 {best:.4f} at epoch {best_epoch}"
+            if best_epoch > 0
+            else "no held-out frames: best.pt holds the final weights"
+        )
         log(
-            f"best val Dice@0.5 {best:.4f} at epoch {best_epoch}; {summary['train_seconds']} s; run folder {out}"
+            f"{result}; {summary['train_seconds']} s training, {summary['wall_seconds']} s wall; run folder {out}"
         )
     return summary

@@ -1,0 +1,63 @@
+"""benchmarks/suite_runs.py, the GPU suite's one-process driver, on the CPU: runs, evaluations, exports,
+a failing run that does not stop the plan, and a failing first run that does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT, TINY
+
+from polypseg.predict import Predictor
+
+
+def _run(plan, tmp_path, data, groups, name):
+    (tmp_path / f"{name}.json").write_text(json.dumps(plan))
+    common = ["--preset", "fast"] + [x for o in TINY + [f"data.groups={groups}"] for x in ("--set", o)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "suite_runs.py"),
+        "--plan",
+        str(tmp_path / f"{name}.json"),
+    ]
+    cmd += ["--data", str(data), "--work", str(tmp_path / name), "--device", "cpu"]
+    cmd += ["--after", f"echo packed >> {tmp_path / name}.after", "--common", *common]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    )
+
+
+def test_plan_runs_evaluates_exports_and_goes_on_after_a_failure(cvc_subset, subset_groups, tmp_path):
+    plan = [
+        {
+            "name": "a",
+            "seconds": 60,
+            "set": ["optim.epochs=1"],
+            "evaluate": [[], ["--prune", "1"]],
+            "export": "a.safetensors",
+        },
+        {"name": "bad", "seconds": 60, "set": ["optim.nope=1"]},
+        {"name": "c", "seconds": 60, "set": ["optim.epochs=1", "model.name=unet"]},
+    ]
+    p = _run(plan, tmp_path, cvc_subset, subset_groups, "w")
+    assert p.returncode == 1, p.stdout[-2000:]  # one run failed: the plan says so in its exit status
+    assert "run bad FAILED" in p.stdout and "unknown config key 'optim.nope'" in p.stdout
+    assert "plan done: 3 runs, 1 failure(s)" in p.stdout
+    w = tmp_path / "w"
+    assert (w / "a" / "best.pt").is_file() and (w / "c" / "best.pt").is_file()
+    assert json.loads((w / "a" / "summary.json").read_text())["epochs"] == 1
+    for ev in ("eval_a", "eval_a_prune_1"):
+        m = json.loads((w / ev / "metrics.json").read_text())
+        assert 0 <= m["segmentation"]["dice"] <= 1, ev
+    # The exported weights are a working model; the after-command ran after every run and at the end.
+    Predictor.from_checkpoint(w / "a.safetensors", device="cpu")
+    assert (tmp_path / "w.after").read_text().count("packed") == 4
+
+
+def test_first_run_failing_stops_the_plan(cvc_subset, subset_groups, tmp_path):
+    plan = [{"name": "bad", "seconds": 60, "set": ["model.name=nope"]}, {"name": "b", "seconds": 60}]
+    p = _run(plan, tmp_path, cvc_subset, subset_groups, "w")
+    assert p.returncode == 1 and "the first run failed: stopping the plan" in p.stdout
+    assert not (tmp_path / "w" / "b").exists()
