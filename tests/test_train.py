@@ -103,6 +103,54 @@ def test_nan_loss_stops_with_clear_message(cvc_subset, subset_groups, tmp_path, 
     assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
 
 
+def test_out_of_memory_names_a_batch_size(cvc_subset, subset_groups, tmp_path, capsys, monkeypatch):
+    # No GPU here: the step raises the OutOfMemoryError a CUDA allocator would (a fake, for that reason only).
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("polypseg.train.seg_loss", oom)
+    args = ["train", "--data", str(cvc_subset), "--out", str(tmp_path / "oom"), "--no-progress"]
+    for o in TINY + [f"data.groups={subset_groups}"]:
+        args += ["--set", o]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "ran out of memory at batch size 8 and 64x80; try --set optim.batch_size=4" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["optim.batch_size=64", "data.split_by=frame"],
+            "32 training frames are fewer than one batch (64); use --set optim.batch_size=32",
+        ),
+        (
+            ["data.split_by=group", "data.groups=ONE"],
+            "a grouped split needs at least 2 groups (video sequences); this data has 1",
+        ),
+        (["data.split_by=kfold", "data.groups=ONE"], "grouped k-fold needs at least 2 groups"),
+        (
+            ["data.split_by=kfold", "data.folds=5"],
+            "4 group(s) cannot make 5 folds; set data.folds to at most 4",
+        ),
+    ],
+)
+def test_data_that_cannot_train_is_a_one_line_error(
+    cvc_subset, subset_groups, tmp_path, capsys, overrides, message
+):
+    one = tmp_path / "one_group.csv"
+    one.write_text("frame,sequence\n" + "".join(f"{p.stem},1\n" for p in (cvc_subset / "images").iterdir()))
+    out = tmp_path / "run"
+    args = ["train", "--data", str(cvc_subset), "--out", str(out), "--no-progress"]
+    for o in TINY + [f"data.groups={subset_groups}"] + [o.replace("ONE", str(one)) for o in overrides]:
+        args += ["--set", o]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()  # nothing half-written
+
+
 def test_resume_refuses_other_config(tiny_run, capsys):
     assert main(["train", "--resume", str(tiny_run), "--preset", "fast"]) == 2
     assert "--resume continues" in capsys.readouterr().err

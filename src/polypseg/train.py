@@ -219,6 +219,13 @@ def train(
             device,
             log,
         )
+    except torch.OutOfMemoryError:
+        half = cfg.optim.batch_size // 2
+        hint = f"try --set optim.batch_size={half}" if half >= 1 else "try a smaller data.height/data.width"
+        raise PolypsegError(
+            f"{device_name(device)} ran out of memory at batch size {cfg.optim.batch_size} and "
+            f"{cfg.data.height}x{cfg.data.width}; {hint} (last.pt, if any, is intact)"
+        ) from None
     finally:
         distributed.teardown(info)
 
@@ -256,6 +263,11 @@ def _train(
     if batch % info.world_size:
         raise PolypsegError(f"batch_size {batch} must be divisible by the {info.world_size} processes")
     local_batch = batch // info.world_size
+    if n_train < batch:
+        raise PolypsegError(
+            f"{n_train} training frames are fewer than one batch ({batch}); "
+            f"use --set optim.batch_size={max(1, 2 ** int(math.log2(n_train)))} or more data"
+        )
     steps_per_epoch = max(1, n_train // batch)
 
     # Model, optimiser, schedule, EMA.

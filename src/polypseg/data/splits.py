@@ -104,7 +104,11 @@ def kfold_assign(names: list[str], groups: list[str], folds: int, seed: int) -> 
     """Assign whole groups to `folds` folds, balancing frame counts (largest groups first)."""
     uniq, counts = np.unique(np.asarray(groups), return_counts=True)
     if len(uniq) < folds:
-        raise PolypsegError(f"{len(uniq)} groups cannot make {folds} folds")
+        raise PolypsegError(
+            f"{len(uniq)} group(s) cannot make {folds} folds; set data.folds to at most {len(uniq)}"
+            if len(uniq) >= 2
+            else f"grouped k-fold needs at least 2 groups (video sequences); this data has {len(uniq)}"
+        )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(uniq))
     order = order[np.argsort(-counts[order], kind="stable")]
@@ -149,6 +153,11 @@ def make_split(
         val_idx = set(np.flatnonzero(np.isin(garr, val_groups)).tolist())
     else:
         uniq = np.unique(garr)
+        if len(uniq) < 2:
+            raise PolypsegError(
+                f"a grouped split needs at least 2 groups (video sequences); this data has {len(uniq)}. "
+                "Pass a --groups CSV with more sequences, or use data.split_by=frame (leaky)"
+            )
         target = val_fraction * len(names)
         val_groups, count = [], 0
         for g in rng.permutation(uniq):
