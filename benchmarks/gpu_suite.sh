@@ -6,6 +6,9 @@
 # Results are packed after every stage and every training run, so a time-out still returns what finished.
 # Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET; FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
 # SKIP="throughput conventional bench" leaves out stages already measured.
+# A 15-minute GPU window allows 10 minutes per call, so the defaults run in two calls (~6 + ~5 minutes):
+#   ONLY=random,fold0,full,fold1 bash benchmarks/gpu_suite.sh
+#   ONLY=fold2,fold3,fold4,fast,unet SKIP="throughput conventional bench" bash benchmarks/gpu_suite.sh
 set -u
 OUT=${OUT:-out/gpu}
 DATA=${DATA:-../shared/datasets}
@@ -20,9 +23,9 @@ COMMON="--preset full --set optim.epochs=1000 --set ema=0.99"
 # A copy laid out as images/ + masks/ (no space in folder names, for transfers) brings its sequence table.
 [ -f "$CVC/sequences.csv" ] && [ -d "$CVC/images" ] && COMMON="$COMMON --set data.groups=$CVC/sequences.csv"
 PY=${PY:-python3}
-T_RANDOM=${T_RANDOM:-90} T_FOLD=${T_FOLD:-70} T_FULL=${T_FULL:-120} T_FAST=${T_FAST:-30} T_UNET=${T_UNET:-60}
+T_RANDOM=${T_RANDOM:-90} T_FOLD=${T_FOLD:-50} T_FULL=${T_FULL:-90} T_FAST=${T_FAST:-30} T_UNET=${T_UNET:-50}
 FOLDS=${FOLDS:-0 1 2 3 4} ONLY=${ONLY:-} SKIP=${SKIP:-conventional bench}
-DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" BENCH="--iters 50" VARIANTS=b32,b64,nchw,graph
+DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" BENCH="--iters 50" VARIANTS=${VARIANTS:-b64,graph}
 FAST_SIZE='"model.width=16", "data.height=144", "data.width=192"'
 if [ "$QUICK" = quick ]; then  # a CPU dry run of the script itself, tiny sizes
   T_RANDOM=4 T_FOLD=3 T_FULL=3 T_FAST=3 T_UNET=3 BENCH_S=1 DEV=cpu VARIANTS=b32
@@ -55,7 +58,7 @@ PRUNE='["--prune", "1"], ["--prune", "2"], ["--prune", "3"], ["--prune", "4"]'
   echo '['
   echo "{\"name\": \"random\", \"seconds\": $T_RANDOM, \"set\": [\"data.split_by=frame\"], \"evaluate\": [[]]},"
   for f in $FOLDS; do
-    ev='[]'; [ "$f" = 0 ] && ev="[], $PRUNE"
+    ev="[]"; [ "$f" = 0 ] && ev="[], [\"--tta\"], $PRUNE"
     echo "{\"name\": \"fold$f\", \"seconds\": $T_FOLD, \"set\": [\"data.split_by=kfold\", \"data.fold=$f\"], \"evaluate\": [$ev]},"
     [ "$f" = 0 ] && echo "{\"name\": \"full\", \"seconds\": $T_FULL, \"set\": [\"data.split_by=none\"], \"export\": \"unetpp_cvc.safetensors\"},"
   done
