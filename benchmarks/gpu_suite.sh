@@ -7,8 +7,11 @@
 # Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET; FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
 # SKIP="throughput conventional bench" leaves out stages already measured.
 # A 15-minute GPU window allows 10 minutes per call, so the defaults run in two calls (~6 + ~5 minutes):
-#   ONLY=random,fold0,full,fold1 bash benchmarks/gpu_suite.sh
+#   ONLY=random,fold0,fold0_native,full,fold1 bash benchmarks/gpu_suite.sh
 #   ONLY=fold2,fold3,fold4,fast,unet SKIP="throughput conventional bench" bash benchmarks/gpu_suite.sh
+# Input size HW="96 128" (default) for every run; fold0_native repeats fold 0 at CVC's own 288x384. On the
+# CPU, short budgets favoured small inputs by far (RESULTS.md section f: 64x80 0.741, 96x128 0.655,
+# 160x208 0.458 Dice in 10 minutes): more epochs, and a receptive field that spans the polyp.
 set -u
 OUT=${OUT:-out/gpu}
 DATA=${DATA:-../shared/datasets}
@@ -19,18 +22,19 @@ LOG=$OUT/suite.log
 export POLYPSEG_DATA=$DATA POLYPSEG_CACHE=${POLYPSEG_CACHE:-/tmp/polypseg-cache} PYTHONUNBUFFERED=1
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 CVC=$DATA/CVC-ClinicDB
-COMMON="--preset full --set optim.epochs=1000 --set ema=0.99"
+HW=${HW:-96 128}
+COMMON="--preset full --set optim.epochs=1000 --set ema=0.99 --set data.height=${HW% *} --set data.width=${HW#* }"
 # A copy laid out as images/ + masks/ (no space in folder names, for transfers) brings its sequence table.
 [ -f "$CVC/sequences.csv" ] && [ -d "$CVC/images" ] && COMMON="$COMMON --set data.groups=$CVC/sequences.csv"
 PY=${PY:-python3}
 T_RANDOM=${T_RANDOM:-90} T_FOLD=${T_FOLD:-50} T_FULL=${T_FULL:-90} T_FAST=${T_FAST:-30} T_UNET=${T_UNET:-50}
 FOLDS=${FOLDS:-0 1 2 3 4} ONLY=${ONLY:-} SKIP=${SKIP:-conventional bench}
 DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" BENCH="--iters 50" VARIANTS=${VARIANTS:-b64,graph}
-FAST_SIZE='"model.width=16", "data.height=144", "data.width=192"'
+FAST_SIZE='"model.width=16", "data.height=64", "data.width=80"' NATIVE='"data.height=288", "data.width=384"'
 if [ "$QUICK" = quick ]; then  # a CPU dry run of the script itself, tiny sizes
   T_RANDOM=4 T_FOLD=3 T_FULL=3 T_FAST=3 T_UNET=3 BENCH_S=1 DEV=cpu VARIANTS=b32
   COMMON="$COMMON --set data.height=64 --set data.width=80 --set model.width=4"
-  FAST_SIZE='"model.width=4", "data.height=48", "data.width=64"'
+  FAST_SIZE='"model.width=4", "data.height=48", "data.width=64"' NATIVE='"data.height=64", "data.width=96"'
   TP="--width 4 --size 64 80" BENCH="--iters 2 --height 64 --width 80 --no-onnx"
 fi
 START=$(date +%s)
@@ -51,8 +55,8 @@ skip throughput || stage throughput $PY benchmarks/train_throughput.py --data "$
   --seconds $BENCH_S --workers 8 --backends torch --variants $VARIANTS $CONV --json "$W/train_throughput.json"
 
 # 2. Training runs, one process: random split (leaky, the seed's protocol; time to Dice 0.90), grouped
-#    5-fold CV, the bundled models (full: all of CVC-ClinicDB; fast: width 16 at 144x192 with fold 0 held
-#    out), U-Net on fold 0. Pruned heads of fold 0 and of the fast model are evaluated too.
+#    5-fold CV (and fold 0 at 288x384), the bundled models (full: all of CVC-ClinicDB; fast: width 16 at
+#    64x80 with fold 0 held out), U-Net on fold 0. Pruned heads of fold 0 and of the fast model too.
 PRUNE='["--prune", "1"], ["--prune", "2"], ["--prune", "3"], ["--prune", "4"]'
 {
   echo '['
@@ -60,6 +64,7 @@ PRUNE='["--prune", "1"], ["--prune", "2"], ["--prune", "3"], ["--prune", "4"]'
   for f in $FOLDS; do
     ev="[]"; [ "$f" = 0 ] && ev="[], [\"--tta\"], $PRUNE"
     echo "{\"name\": \"fold$f\", \"seconds\": $T_FOLD, \"set\": [\"data.split_by=kfold\", \"data.fold=$f\"], \"evaluate\": [$ev]},"
+    [ "$f" = 0 ] && echo "{\"name\": \"fold0_native\", \"seconds\": $T_FOLD, \"set\": [\"data.split_by=kfold\", \"data.fold=0\", $NATIVE], \"evaluate\": [[]]},"
     [ "$f" = 0 ] && echo "{\"name\": \"full\", \"seconds\": $T_FULL, \"set\": [\"data.split_by=none\"], \"export\": \"unetpp_cvc.safetensors\"},"
   done
   echo "{\"name\": \"fast\", \"seconds\": $T_FAST, \"set\": [\"data.split_by=kfold\", \"data.fold=0\", $FAST_SIZE], \"evaluate\": [$PRUNE], \"export\": \"unetpp_fast_cvc.safetensors\"},"

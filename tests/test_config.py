@@ -8,7 +8,7 @@ from polypseg.errors import PolypsegError
 
 def test_presets_and_overrides(tmp_path):
     fast = load_config(preset="fast")
-    assert fast.model.width == 8 and fast.data.height == 160
+    assert fast.model.width == 8 and (fast.data.height, fast.data.width) == (64, 80)
     full = load_config(
         preset="full", overrides=["optim.lr=1e-3", "model.name=unet", "loss.head_weights=[1,2,3,4]"]
     )
