@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from html.parser import HTMLParser
 
 import torch
@@ -66,6 +67,10 @@ def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     p = _Images()
     p.feed((out / "report.html").read_text())
     assert p.tables == 3 and len(p.srcs) >= 3 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    # Outputs are as readable as anything else the user creates (the temp folder was 0700).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~umask
 
 
 def test_evaluate_external_data_with_negatives(tiny_run, polypgen, tmp_path):

@@ -207,6 +207,6 @@ def test_unopenable_video_is_one_line_error(tiny_run, tmp_path, capsys):
 
 def test_bundled_models_load():
     p = Predictor.from_checkpoint("fast", device="cpu")
-    assert (p.height, p.width) == (144, 192) and p.meta["arch"]["kwargs"]["width"] == 16
+    assert (p.height, p.width) == (64, 80) and p.meta["arch"]["kwargs"]["width"] == 8
     full = Predictor.from_checkpoint(None, device="cpu")
     assert (full.height, full.width) == (288, 384)

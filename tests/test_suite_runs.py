@@ -53,6 +53,9 @@ def test_plan_runs_evaluates_exports_and_goes_on_after_a_failure(cvc_subset, sub
         assert 0 <= m["segmentation"]["dice"] <= 1, ev
     # The exported weights are a working model; the after-command ran after every run and at the end.
     Predictor.from_checkpoint(w / "a.safetensors", device="cpu")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert ((w / "a.safetensors").stat().st_mode & 0o777) == 0o666 & ~umask  # safetensors alone gives 0600
     assert (tmp_path / "w.after").read_text().count("packed") == 4
 
 

@@ -16,3 +16,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=1))
+
+
+def default_permissions(path: str | os.PathLike) -> None:
+    """Give a temp file or folder (0600/0700 from mkstemp, mkdtemp, safetensors) the mode a plain
+    open() or mkdir() would have had, before it is renamed into the user's place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polypseg import __version__
+from polypseg import __version__, atomic
 from polypseg.errors import PolypsegError
 from polypseg.models import MODELS, create_model
 from polypseg.models.blocks import IMAGENET_MEAN, IMAGENET_STD
@@ -139,6 +139,7 @@ def save_safetensors(ckpt: dict, path: str | os.PathLike, half: bool = True) -> 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    atomic.default_permissions(tmp)  # safetensors creates 0600 files
     os.replace(tmp, path)
 
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from scipy import ndimage, stats
 
-from polypseg import detection
+from polypseg import atomic, detection
 from polypseg.data.cache import content_fingerprint
 from polypseg.data.download import sha256_of
 from polypseg.data.layouts import discover
@@ -313,6 +313,7 @@ def evaluate(
         from polypseg.report import write_report
 
         write_report(tmp / "report.html", metrics, rows, thumbs, dice_curve, (pr_rec, pr_prec))
+        atomic.default_permissions(tmp)  # mkdtemp makes it 0700
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
