@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _datasets() -> Path:
     env = os.environ.get("POLYPSEG_DATA")
-    return Path(env) if env else ROOT.parent / "shared" / "datasets"
+    return Path(env).resolve() if env else ROOT.parent / "shared" / "datasets"
 
 
 DATASETS = _datasets()
