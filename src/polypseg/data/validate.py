@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from polypseg import atomic
 from polypseg.data.cache import cache_home, fingerprint
 from polypseg.data.layouts import Dataset, Pair
 from polypseg.imageio import truncation_problem
@@ -155,10 +155,7 @@ def validate(
     if entry is not None:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-")
-            with os.fdopen(fd, "w") as f:
-                json.dump({r.pair.name: _to_json(r) for r in reports}, f)
-            os.replace(tmp, entry)
+            atomic.write_json(entry, {r.pair.name: _to_json(r) for r in reports})
         except OSError:
             pass  # a read-only cache only costs speed
     return Validation(dataset, reports)
