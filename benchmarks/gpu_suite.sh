@@ -5,10 +5,11 @@
 # Writes $OUT/suite.log, $OUT/results.tgz (all JSON/CSV/PNG), the bundled models' weights.
 # Results are packed after every stage and every training run, so a time-out still returns what finished.
 # Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET; FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
-# SKIP="throughput conventional bench" leaves out stages already measured.
+# SKIP="throughput conventional bench" leaves out stages already measured. GRAPH=auto|on|off: whether the
+# training runs capture their step in a CUDA graph (auto: if the throughput stage measured it faster).
 # A 15-minute GPU window allows 10 minutes per call, so the defaults run in two calls (~6 + ~5 minutes):
 #   ONLY=random,fold0,fold0_native,full,fold1 bash benchmarks/gpu_suite.sh
-#   ONLY=fold2,fold3,fold4,fast,unet SKIP="throughput conventional bench" bash benchmarks/gpu_suite.sh
+#   ONLY=fold2,fold3,fold4,fast,unet SKIP="throughput conventional bench" GRAPH=<what call 1 logged> bash ...
 # Input size HW="96 128" (default) for every run; fold0_native repeats fold 0 at CVC's own 288x384. On the
 # CPU, short budgets favoured small inputs by far (RESULTS.md section f: 64x80 0.741, 96x128 0.655,
 # 160x208 0.458 Dice in 10 minutes): more epochs, and a receptive field that spans the polyp.
@@ -30,6 +31,7 @@ PY=${PY:-python3}
 T_RANDOM=${T_RANDOM:-90} T_FOLD=${T_FOLD:-50} T_FULL=${T_FULL:-90} T_FAST=${T_FAST:-30} T_UNET=${T_UNET:-50}
 FOLDS=${FOLDS:-0 1 2 3 4} ONLY=${ONLY:-} SKIP=${SKIP:-conventional bench}
 DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" BENCH="--iters 50" VARIANTS=${VARIANTS:-b64,graph}
+LOOP_VARIANTS=${LOOP_VARIANTS:-graph}
 FAST_SIZE='"model.width=16", "data.height=64", "data.width=80"' NATIVE='"data.height=288", "data.width=384"'
 if [ "$QUICK" = quick ]; then  # a CPU dry run of the script itself, tiny sizes
   T_RANDOM=4 T_FOLD=3 T_FULL=3 T_FAST=3 T_UNET=3 BENCH_S=1 DEV=cpu VARIANTS=b32
@@ -52,7 +54,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 # 1. Training throughput: network alone and its speed-up variants, our loop, (conventional pipeline).
 CONV=""; case " $SKIP " in *" conventional "*) CONV="--skip conventional";; esac
 skip throughput || stage throughput $PY benchmarks/train_throughput.py --data "$CVC" --device $DEV $TP --batch 16 \
-  --seconds $BENCH_S --workers 8 --backends torch --variants $VARIANTS $CONV --json "$W/train_throughput.json"
+  --seconds $BENCH_S --workers 8 --backends torch --variants $VARIANTS --loop-variants "$LOOP_VARIANTS" $CONV \
+  --json "$W/train_throughput.json"
+# The training runs use the CUDA-graph step if it ran and beat the eager loop by 5% just above (GRAPH=auto),
+# or as told (GRAPH=on|off: a second call must match the first, or its folds train at another speed).
+GRAPH=${GRAPH:-auto}
+if [ "$GRAPH" = on ] || { [ "$GRAPH" = auto ] && $PY -c 'import json, sys; r = json.load(open(sys.argv[1])); g = r.get("loop_variants", {}).get("graph", {})
+sys.exit(0 if g.get("img_s", 0) > 1.05 * r.get("polypseg_torch_img_s", 1e9) else 1)' "$W/train_throughput.json" 2>/dev/null; }
+then COMMON="$COMMON --set cuda_graph=true"; log "training runs use cuda_graph=true (GRAPH=$GRAPH)"
+else log "training runs use the eager step (GRAPH=$GRAPH)"; fi
 
 # 2. Training runs, one process: random split (leaky, the seed's protocol; time to Dice 0.90), grouped
 #    5-fold CV (and fold 0 at 288x384), the bundled models (full: all of CVC-ClinicDB; fast: width 16 at

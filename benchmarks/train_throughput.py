@@ -29,6 +29,7 @@ from polypseg.data.layouts import discover, resolve_data
 from polypseg.devices import device_name
 from polypseg.losses import seg_loss
 from polypseg.models import create_model
+from polypseg.step import TrainStep, make_optimizer
 from polypseg.train import train
 
 
@@ -42,54 +43,28 @@ def network_alone(
     """
     model = create_model("unetpp", width=width).to(device)
     cuda = device.type == "cuda"
+    if cuda_graph and not cuda:
+        raise RuntimeError("CUDA graphs need a CUDA device")
     fmt = torch.channels_last if cuda and channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     if cuda:
         torch.backends.cudnn.benchmark = True
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=cuda, capturable=cuda_graph)
+    opt = make_optimizer(model.parameters(), 1e-3, 1e-4, device, cuda_graph)
     x = (torch.rand(batch, 3, *size, device=device) * 255).contiguous(memory_format=fmt)
     y = (torch.rand(batch, 1, *size, device=device) > 0.5).float()
     net = torch.compile(model, mode=compile_mode) if compile_mode else model
-
-    def step():
-        # The autocast weight cache cannot live across CUDA-graph replays.
-        with torch.autocast(
-            device.type, dtype=torch.bfloat16, enabled=amp and cuda, cache_enabled=not cuda_graph
-        ):
-            heads = net(x, heads=True)
-        loss = seg_loss(heads, y)
-        if not cuda_graph:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+    # The loop's own step (polypseg.step), so that a variant that wins here is the one the loop runs.
+    step = TrainStep(model, opt, seg_loss, amp and cuda, 1.0, net=net, cuda_graph=cuda_graph, warmup=5)
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t_warm = time.perf_counter()
-    if cuda_graph:
-        if not cuda:
-            raise RuntimeError("CUDA graphs need a CUDA device")
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up (cuDNN autotuning, AdamW state) off the capture stream
-            for _ in range(5):
-                opt.zero_grad(set_to_none=True)
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        opt.zero_grad(set_to_none=True)  # backward inside the capture allocates .grad in the graph's pool
-        with torch.cuda.graph(graph):
-            step()
-        run = graph.replay
-    else:
-        for _ in range(5):
-            step()
-        run = step
+    for _ in range(6):  # eager warm-up (and, with a graph, the capture)
+        step(x, y)
     sync()
     warmup_s = time.perf_counter() - t_warm
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        run()
+        step(x, y)
         n += 1
         if n % 10 == 0:
             sync()
@@ -109,6 +84,11 @@ VARIANTS = {
 }
 
 
+def _error(e: Exception) -> str:
+    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 def variants(names, device, width, size, batch, seconds, amp) -> dict:
     out = {}
     for name in names:
@@ -121,8 +101,7 @@ def variants(names, device, width, size, batch, seconds, amp) -> dict:
                 f"  network alone, {name:15s} (batch {b:3d}):   {r['img_s']:8.1f} img/s  (warm-up {r['warmup_s']} s)"
             )
         except Exception as e:  # a variant that fails is a result too
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            out[name] = {"batch": b, "error": f"{type(e).__name__}: {msg}"}
+            out[name] = {"batch": b, "error": _error(e)}
             print(f"  network alone, {name:15s}: failed: {out[name]['error']}")
         finally:
             if device.type == "cuda":
@@ -131,7 +110,15 @@ def variants(names, device, width, size, batch, seconds, amp) -> dict:
     return out
 
 
-def ours(data, device, width, size, batch, seconds, amp, backend) -> float:
+# The same speed-ups in the real loop (--loop-variants): its img/s, next to the network-alone variant.
+LOOP_VARIANTS = {
+    "graph": dict(sets=["cuda_graph=true"]),
+    "b64": dict(batch=64),
+    "graph-b64": dict(batch=64, sets=["cuda_graph=true"]),
+}
+
+
+def ours(data, device, width, size, batch, seconds, amp, backend, sets=()) -> float:
     # Epoch-time img/s from the real loop (validation is outside the timed part); the first epoch is warm-up.
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(
@@ -147,6 +134,7 @@ def ours(data, device, width, size, batch, seconds, amp, backend) -> float:
                 f"amp={str(amp).lower()}",
                 "data.split_by=frame",
                 f"augment.backend={backend}",
+                *sets,
             ]
         )
         train(cfg, out=Path(tmp) / "run", data=data, progress=False)
@@ -259,6 +247,11 @@ def main():
         default="",
         help=f"network-alone speed-ups to time too, comma-separated: {','.join(VARIANTS)}",
     )
+    ap.add_argument(
+        "--loop-variants",
+        default="",
+        help=f"the same in the polypseg loop, comma-separated: {','.join(LOOP_VARIANTS)}",
+    )
     ap.add_argument("--skip", default="", help="parts to leave out, comma-separated: loop,conventional")
     ap.add_argument("--json", default="benchmarks/results/train_throughput.json")
     a = ap.parse_args()
@@ -282,8 +275,9 @@ def main():
     )
     print(f"  network alone (synthetic, on device):   {res['network_alone_img_s']:8.1f} img/s")
     unknown = [v for v in a.variants.split(",") if v and v not in VARIANTS]
+    unknown += [v for v in a.loop_variants.split(",") if v and v not in LOOP_VARIANTS]
     if unknown:
-        ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)} / {list(LOOP_VARIANTS)}")
     if a.variants:
         res["variants"] = variants(
             [v for v in a.variants.split(",") if v], device, a.width, size, a.batch, a.seconds, not a.no_amp
@@ -293,6 +287,18 @@ def main():
         v = ours(data, a.device, a.width, size, a.batch, a.seconds, not a.no_amp, backend)
         res[f"polypseg_{backend}_img_s"] = round(v, 1)
         print(f"  polypseg loop (augment: {backend:7s}):     {v:8.1f} img/s")
+    for name in [v for v in a.loop_variants.split(",") if v]:
+        opts = LOOP_VARIANTS[name]
+        b = opts.get("batch", a.batch)
+        try:
+            if "cuda_graph=true" in opts.get("sets", ()) and device.type != "cuda":
+                raise RuntimeError("CUDA graphs need a CUDA device (the loop would run eagerly)")
+            v = ours(data, a.device, a.width, size, b, a.seconds, not a.no_amp, "torch", opts.get("sets", ()))
+            res.setdefault("loop_variants", {})[name] = {"batch": b, "img_s": round(v, 1)}
+            print(f"  polypseg loop, {name:15s} (batch {b:3d}):   {v:8.1f} img/s")
+        except Exception as e:  # recorded, like the network-alone variants
+            res.setdefault("loop_variants", {})[name] = {"batch": b, "error": _error(e)}
+            print(f"  polypseg loop, {name:15s}: failed: {res['loop_variants'][name]['error']}")
     if "conventional" not in skip:
         v, lib = conventional(discover(data).pairs, device, a.width, size, a.batch, a.seconds, a.workers)
         res["conventional_img_s"], res["conventional_aug"], res["conventional_workers"] = (

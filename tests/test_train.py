@@ -130,6 +130,7 @@ def test_out_of_memory_names_a_batch_size(cvc_subset, subset_groups, tmp_path, c
             "a grouped split needs at least 2 groups (video sequences); this data has 1",
         ),
         (["data.split_by=kfold", "data.groups=ONE"], "grouped k-fold needs at least 2 groups"),
+        (["cuda_graph=true", "compile=true"], "train.cuda_graph and train.compile do not go together"),
         (
             ["data.split_by=kfold", "data.folds=5"],
             "4 group(s) cannot make 5 folds; set data.folds to at most 4",

@@ -86,6 +86,7 @@ class TrainConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "default"
     )
+    cuda_graph: bool = False  # capture the whole training step in one CUDA graph (one GPU, no compile)
     ema: float = 0.0  # EMA decay of the weights used for validation and best.pt (0 = off)
     val_every: int = 1
     time_limit_s: float = 0.0  # stop after this many wall-clock seconds, validation included (0 = no limit)

@@ -32,6 +32,7 @@ from polypseg.errors import PolypsegError
 from polypseg.losses import seg_loss
 from polypseg.metrics import batch_dice_iou
 from polypseg.models import count_parameters, create_model
+from polypseg.step import TrainStep, make_optimizer, optimizer_state, plain_floats
 
 # elapsed_s: time in training steps; wall_s: everything since the loop started (validation and
 # checkpoint writes too), which is what time limits and time-to-Dice count.
@@ -235,6 +236,10 @@ def _train(
 ) -> dict:
     cuda = device.type == "cuda"
     amp = cfg.amp and cuda
+    if cfg.cuda_graph and cfg.compile:
+        raise PolypsegError("train.cuda_graph and train.compile do not go together; turn one of them off")
+    if cfg.cuda_graph and info.enabled and cuda:
+        raise PolypsegError("train.cuda_graph does not work with torchrun (DDP) yet; set cuda_graph=false")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -277,9 +282,10 @@ def _train(
     model = create_model(arch["name"], **arch["kwargs"]).to(device)
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=cuda
-    )
+    if cfg.cuda_graph and not cuda:
+        log("note: cuda_graph is ignored on the CPU")
+    graph = cfg.cuda_graph and cuda
+    opt = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, device, graph)
     budget = {"frac": 0.0}
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch, budget))
     ema = None
@@ -312,6 +318,15 @@ def _train(
         log(f"resuming {out} at epoch {start_epoch}")
     train_model = DDP(model, device_ids=[device.index] if cuda else None) if info.enabled else model
     step_model = torch.compile(train_model, mode=cfg.compile_mode) if cfg.compile else train_model
+    step = TrainStep(
+        model,
+        opt,
+        lambda heads, y: seg_loss(heads, y, cfg.loss.bce_weight, cfg.loss.dice_weight, cfg.loss.head_weights),
+        amp,
+        cfg.optim.grad_clip,
+        net=step_model,
+        cuda_graph=graph,
+    )
     eval_model = ema.module if ema is not None else model
 
     if info.main:
@@ -341,8 +356,8 @@ def _train(
         c = make_checkpoint(weights, arch, cfg.data.height, cfg.data.width, **extra)
         if full:
             c.update(
-                optimizer=opt.state_dict(),
-                scheduler=sched.state_dict(),
+                optimizer=optimizer_state(opt),
+                scheduler=plain_floats(sched.state_dict()),
                 ema=ema.state_dict() if ema is not None else None,
                 rng=_rng_state(sample_gen, augment),
                 train_state=dict(
@@ -379,18 +394,11 @@ def _train(
             x, y = augment(x_train[idx], y_train[idx])
             if cuda and cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                heads = step_model(x, heads=True)
-            loss = seg_loss(heads, y, cfg.loss.bce_weight, cfg.loss.dice_weight, cfg.loss.head_weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            opt.step()
+            loss = step(x, y)
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            loss_sum += loss.detach()
+            loss_sum += loss
         epoch_loss = loss_sum.item() / steps_per_epoch  # the one host sync of the epoch
         dt = time.perf_counter() - t0
         elapsed += dt
@@ -406,7 +414,7 @@ def _train(
             "epoch": epoch + 1,
             "elapsed_s": round(elapsed, 3),
             "wall_s": 0.0,
-            "lr": sched.get_last_lr()[0],
+            "lr": float(sched.get_last_lr()[0]),
             "loss": epoch_loss,
             "val_dice": "",
             "val_iou": "",
