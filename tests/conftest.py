@@ -41,6 +41,19 @@ def polypgen() -> Path:
     return POLYPGEN
 
 
+def real_batch(cvc: Path, frames, height: int, width: int):
+    """CVC-ClinicDB frames resized for the network: uint8 images (B,3,H,W) and masks (B,1,H,W)."""
+    import numpy as np
+    import torch
+
+    from polypseg.imageio import read_mask, read_rgb, resize_mask, resize_to
+
+    imgs = [resize_to(read_rgb(cvc / "PNG" / "Original" / f"{n}.png"), height, width) for n in frames]
+    masks = [resize_mask(read_mask(cvc / "PNG" / "Ground Truth" / f"{n}.png"), height, width) for n in frames]
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.from_numpy(np.stack(masks))[:, None].to(torch.uint8)
+
+
 SUBSET_FRAMES = {  # frame -> sequence: 10 frames from each of 4 CVC-ClinicDB sequences
     **{n: 1 for n in range(1, 11)},
     **{n: 2 for n in range(26, 36)},

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from tests.conftest import real_batch
 
 from polypseg.config import AugmentConfig
 from polypseg.data.augment import BatchAugment
-from polypseg.imageio import read_mask, read_rgb, resize_mask, resize_to
 
 
 @pytest.fixture(scope="module")
 def batch(cvc):
-    imgs, masks = [], []
-    for n in (1, 30, 200, 400):
-        imgs.append(resize_to(read_rgb(cvc / "PNG" / "Original" / f"{n}.png"), 96, 128))
-        masks.append(resize_mask(read_mask(cvc / "PNG" / "Ground Truth" / f"{n}.png"), 96, 128))
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(np.stack(masks))[:, None].to(torch.uint8)
-    return x, y
+    return real_batch(cvc, (1, 30, 200, 400), 96, 128)
 
 
 @pytest.mark.parametrize("backend", ["torch", "kornia"])

@@ -6,12 +6,11 @@ textbook step, and the learning-rate plumbing a captured step depends on works w
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from tests.conftest import real_batch
 
 from polypseg.config import load_config
-from polypseg.imageio import read_mask, read_rgb, resize_mask, resize_to
 from polypseg.losses import seg_loss
 from polypseg.models import create_model
 from polypseg.step import TrainStep, make_optimizer, optimizer_state, plain_floats
@@ -20,13 +19,8 @@ from polypseg.train import lr_lambda
 
 @pytest.fixture(scope="module")
 def batch(cvc):
-    imgs, masks = [], []
-    for n in (1, 30, 200, 400):
-        imgs.append(resize_to(read_rgb(cvc / "PNG" / "Original" / f"{n}.png"), 64, 80))
-        masks.append(resize_mask(read_mask(cvc / "PNG" / "Ground Truth" / f"{n}.png"), 64, 80))
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float()
-    y = torch.from_numpy(np.stack(masks))[:, None].float()
-    return x, y
+    x, y = real_batch(cvc, (1, 30, 200, 400), 64, 80)
+    return x.float(), y.float()
 
 
 def test_eager_step_is_the_textbook_step(batch):
