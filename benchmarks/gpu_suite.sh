@@ -84,6 +84,10 @@ PRUNE='["--prune", "1"], ["--prune", "2"], ["--prune", "3"], ["--prune", "4"]'
 stage runs $PY benchmarks/suite_runs.py --plan "$W/plan.json" --data "$CVC" --work "$W" --device $DEV \
   --export-dir "$OUT" --after pack ${ONLY:+--only $ONLY} --common $COMMON
 
+# Tables for RESULTS.md from this call's evaluations (folds of two calls: summarize.py --folds on both).
+EVALS=$(ls -d "$W"/eval_* 2>/dev/null)
+[ -n "$EVALS" ] && $PY benchmarks/summarize.py $EVALS >"$W/summary.md" 2>>"$LOG" && log "tables: $W/summary.md"
+
 # 3. Inference latency/throughput on the GPU.
 skip bench || stage bench $PY -m polypseg benchmark --device $DEV $BENCH --json "$W/benchmark_gpu.json"
 pack

@@ -58,6 +58,30 @@ def test_plan_runs_evaluates_exports_and_goes_on_after_a_failure(cvc_subset, sub
     assert ((w / "a.safetensors").stat().st_mode & 0o777) == 0o666 & ~umask  # safetensors alone gives 0600
     assert (tmp_path / "w.after").read_text().count("packed") == 4
 
+    # The summary tables are the evaluations' own numbers, with each run's training summary found.
+    evals = [str(w / "eval_a"), str(w / "eval_a_prune_1")]
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "summarize.py"),
+            "--json",
+            str(tmp_path / "s.json"),
+            "--folds",
+            *evals,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    dice = [
+        json.loads((w / e / "metrics.json").read_text())["segmentation"]["dice"]
+        for e in ("eval_a", "eval_a_prune_1")
+    ]
+    assert f"| eval_a | {dice[0]:.4f} |" in p.stdout and f"| eval_a_prune_1 | {dice[1]:.4f} |" in p.stdout
+    stats = json.loads((tmp_path / "s.json").read_text())["folds"]["stats"]["Dice@0.5"]
+    assert stats["n"] == 2 and abs(stats["mean"] - (dice[0] + dice[1]) / 2) < 1e-12
+    assert "| 1 |" in p.stdout  # epochs, from run a's summary.json
+
 
 def test_first_run_failing_stops_the_plan(cvc_subset, subset_groups, tmp_path):
     plan = [{"name": "bad", "seconds": 60, "set": ["model.name=nope"]}, {"name": "b", "seconds": 60}]

@@ -1,0 +1,115 @@
+"""Evaluation folders -> the tables of benchmarks/RESULTS.md, so numbers are copied by a program.
+
+Each argument is a folder written by `polypseg evaluate` (metrics.json). The training run's summary.json
+is found beside the checkpoint the evaluation names, or, for a folder fetched from the GPU machine
+(`eval_NAME` next to `NAME/`), by the run's name. Prints Markdown; `--json` writes the same numbers.
+
+  python benchmarks/summarize.py --folds work/eval_fold{0,1,2,3,4}     # mean +- std over the folds
+  python benchmarks/summarize.py work/eval_random work/eval_fold0 work/eval_unet   # one row each
+(--folds takes every folder after it: give the one-row folders first, or in a second call.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+# (label, section, key, digits)
+COLUMNS = [
+    ("Dice@0.5", "segmentation", "dice", 4),
+    ("IoU@0.5", "segmentation", "iou", 4),
+    ("mDice", "segmentation", "mdice", 4),
+    ("S-measure", "segmentation", "s_measure", 4),
+    ("max E", "segmentation", "max_e_measure", 4),
+    ("MAE", "segmentation", "mae", 4),
+    ("HD95 px", "segmentation", "hd95", 1),
+    ("polyp recall", "detection", "recall", 3),
+    ("FP/frame", "detection", "fp_per_frame", 2),
+    ("AUROC", "classification", "auroc", 3),
+]
+TRAIN = [("epochs", "epochs"), ("img/s", "mean_img_per_s"), ("wall s", "wall_seconds")]
+
+
+def load(eval_dir: Path) -> dict:
+    m = json.loads((eval_dir / "metrics.json").read_text())
+    ckpt = Path(m["checkpoint"])
+    for cand in (ckpt.parent / "summary.json", eval_dir.parent / ckpt.parent.name / "summary.json"):
+        if cand.is_file():
+            m["train"] = json.loads(cand.read_text())
+            break
+    m["name"] = eval_dir.name
+    return m
+
+
+def value(m: dict, section: str, key: str) -> float:
+    v = m.get(section, {}).get(key)
+    return float("nan") if v is None else float(v)
+
+
+def fmt(v: float, digits: int) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
+
+
+def row(m: dict) -> list[str]:
+    t = m.get("train", {})
+    cells = [m["name"]] + [fmt(value(m, s, k), d) for _, s, k, d in COLUMNS]
+    cells += [str(t.get(k, "")) for _, k in TRAIN]
+    for target in ("0.85", "0.90"):
+        v = t.get(f"time_to_dice_{target}_s")
+        cells.append("not reached" if t and v is None else "" if v is None else f"{v:.0f} s")
+    return cells
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("evals", nargs="*", type=Path, help="evaluation folders, one row each")
+    ap.add_argument("--folds", nargs="+", type=Path, default=[], help="evaluation folders of the k folds")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    if not a.evals and not a.folds:
+        ap.error("give evaluation folders")
+    header = ["run"] + [c[0] for c in COLUMNS] + [t[0] for t in TRAIN] + ["to 0.85", "to 0.90"]
+    out: dict = {}
+    runs = [load(p) for p in a.folds + a.evals]
+    devices = sorted({m.get("train", {}).get("device", "?") for m in runs})
+    print(f"trained on: {', '.join(devices)}; evaluated on: {', '.join(sorted({m['device'] for m in runs}))}")
+    if a.folds:
+        folds = runs[: len(a.folds)]
+        stats = {}
+        for label, s, k, _ in COLUMNS:
+            vals = [value(m, s, k) for m in folds]
+            vals = [v for v in vals if not math.isnan(v)]
+            if vals:
+                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                stats[label] = {"mean": statistics.fmean(vals), "std": sd, "n": len(vals)}
+
+        def cell(label: str, digits: int) -> str:
+            if label not in stats:
+                return "n/a"
+            st = stats[label]
+            of = f" ({st['n']} of {len(folds)})" if st["n"] < len(folds) else ""
+            return f"**{fmt(st['mean'], digits)} ± {fmt(st['std'], digits)}**{of}"
+
+        mean_row = [f"**mean ± std ({len(folds)} folds)**"] + [cell(c[0], c[3]) for c in COLUMNS]
+        mean_row += [""] * (len(header) - len(mean_row))
+        print(table(header, [row(m) for m in folds] + [mean_row]))
+        out["folds"] = {"runs": [m["name"] for m in folds], "stats": stats}
+    if a.evals:
+        print()
+        print(table(header, [row(m) for m in runs[len(a.folds) :]]))
+    out["rows"] = {m["name"]: {c[0]: value(m, c[1], c[2]) for c in COLUMNS} for m in runs}
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
