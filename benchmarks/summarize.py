@@ -40,7 +40,9 @@ def load(eval_dir: Path) -> dict:
         if cand.is_file():
             m["train"] = json.loads(cand.read_text())
             break
-    m["name"] = eval_dir.name
+    # An evaluation inside its run folder (run/eval) is named after the run.
+    inside = eval_dir.resolve().parent == ckpt.resolve().parent
+    m["name"] = eval_dir.resolve().parent.name if inside else eval_dir.name
     return m
 
 
