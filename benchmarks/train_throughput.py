@@ -255,6 +255,10 @@ def main():
     ap.add_argument("--skip", default="", help="parts to leave out, comma-separated: loop,conventional")
     ap.add_argument("--json", default="benchmarks/results/train_throughput.json")
     a = ap.parse_args()
+    unknown = [v for v in a.variants.split(",") if v and v not in VARIANTS]
+    unknown += [v for v in a.loop_variants.split(",") if v and v not in LOOP_VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)} / {list(LOOP_VARIANTS)}")
     device = torch.device(a.device)
     data = resolve_data(a.data)
     size = tuple(a.size)
@@ -274,10 +278,6 @@ def main():
         network_alone(device, a.width, size, a.batch, a.seconds, not a.no_amp)["img_s"], 1
     )
     print(f"  network alone (synthetic, on device):   {res['network_alone_img_s']:8.1f} img/s")
-    unknown = [v for v in a.variants.split(",") if v and v not in VARIANTS]
-    unknown += [v for v in a.loop_variants.split(",") if v and v not in LOOP_VARIANTS]
-    if unknown:
-        ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)} / {list(LOOP_VARIANTS)}")
     if a.variants:
         res["variants"] = variants(
             [v for v in a.variants.split(",") if v], device, a.width, size, a.batch, a.seconds, not a.no_amp
