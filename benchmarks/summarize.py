@@ -40,9 +40,12 @@ def load(eval_dir: Path) -> dict:
         if cand.is_file():
             m["train"] = json.loads(cand.read_text())
             break
-    # An evaluation inside its run folder (run/eval) is named after the run.
-    inside = eval_dir.resolve().parent == ckpt.resolve().parent
-    m["name"] = eval_dir.resolve().parent.name if inside else eval_dir.name
+    # An evaluation inside its run folder is named after the run (run/eval -> run, run/eval_L2 -> run/eval_L2).
+    run = eval_dir.resolve().parent
+    inside = run == ckpt.resolve().parent
+    m["name"] = (
+        (run.name if eval_dir.name == "eval" else f"{run.name}/{eval_dir.name}") if inside else eval_dir.name
+    )
     return m
 
 
