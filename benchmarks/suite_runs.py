@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--work", required=True, help="run folders and evaluations go here")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--export-dir", default=None, help="where exported weights go (default: --work)")
-    ap.add_argument("--after", default=None, help="shell command run after each run (e.g. packing)")
+    ap.add_argument("--after", default=None, help="bash command run after each run (e.g. packing)")
     ap.add_argument("--only", default=None, help="comma-separated run names to keep from the plan")
     ap.add_argument("--common", nargs=argparse.REMAINDER, default=[], help="--preset/--set for every run")
     a = ap.parse_args()
@@ -106,7 +106,7 @@ def main() -> int:
             continue
         finally:
             if a.after:
-                subprocess.run(a.after, shell=True)
+                subprocess.run(["bash", "-c", a.after])  # bash: the suite passes an exported function
         if run.get("export"):
             dst = export_dir / run["export"]
             save_safetensors(load_checkpoint(work / name / "best.pt"), dst)
@@ -125,7 +125,7 @@ def main() -> int:
             failed += 1
             log(f"evaluation of {name} FAILED ({p.args[-1] if len(p.args) else ''})")
     if a.after:
-        subprocess.run(a.after, shell=True)
+        subprocess.run(["bash", "-c", a.after])  # bash: the suite passes an exported function
     log(f"plan done: {len(plan)} runs, {failed} failure(s)")
     return 1 if failed else 0
 
