@@ -66,17 +66,10 @@ def describe(ckpt: dict) -> dict:
 
 def save_atomic(ckpt: dict, path: str | os.PathLike) -> None:
     """torch.save to a temp file in the same folder, fsync, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _check(ckpt, path) -> dict:
@@ -136,11 +129,8 @@ def save_safetensors(ckpt: dict, path: str | os.PathLike, half: bool = True) -> 
         k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()
     }
     meta = {"polypseg": json.dumps(describe(ckpt))}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    atomic.default_permissions(tmp)  # safetensors creates 0600 files
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:  # which also gives the file normal permissions (safetensors: 0600)
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_safetensors(path: Path) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from polypseg import atomic
 from polypseg.checkpoint import build_model, describe, load_checkpoint
 from polypseg.errors import PolypsegError
 from polypseg.imageio import read_rgb, resize_to
@@ -99,8 +100,6 @@ def export_onnx(
     wrapper = ProbabilityModel(model).eval()
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    export_module(wrapper, tmp, h, w, dynamic_batch)
     desc = describe(ckpt)
     desc["prune"] = prune or 0
     desc["onnx"] = {
@@ -108,11 +107,12 @@ def export_onnx(
         "output": "probability (B,1,H,W) float32",
         "dynamic_batch": dynamic_batch,
     }
-    m = onnx.load(str(tmp))
-    entry = m.metadata_props.add()
-    entry.key, entry.value = "polypseg", json.dumps(desc)
-    onnx.save(m, str(tmp))
-    os.replace(tmp, out_path)
+    with atomic.replacing(out_path) as tmp:
+        export_module(wrapper, tmp, h, w, dynamic_batch)
+        m = onnx.load(str(tmp))
+        entry = m.metadata_props.add()
+        entry.key, entry.value = "polypseg", json.dumps(desc)
+        onnx.save(m, str(tmp))
     report = {"onnx": str(out_path), "input_size": [h, w], "prune": prune or 0}
     if verify:
         frames = _sample_frames(data, h, w)
@@ -151,23 +151,22 @@ def quantize_int8(fp32_path: Path, data, h: int, w: int) -> str:
             return None if x is None else {"image": x}
 
     out = fp32_path.with_name(fp32_path.stem + "_int8.onnx")
-    tmp = out.with_name(f".{out.name}.tmp")
-    quantize_static(
-        str(fp32_path),
-        str(tmp),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-    )
     import onnx
 
-    m = onnx.load(str(tmp))
-    src = onnx.load(str(fp32_path))
-    for p in src.metadata_props:
-        e = m.metadata_props.add()
-        e.key, e.value = p.key, p.value
-    onnx.save(m, str(tmp))
-    os.replace(tmp, out)
+    with atomic.replacing(out) as tmp:
+        quantize_static(
+            str(fp32_path),
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
+        m = onnx.load(str(tmp))
+        src = onnx.load(str(fp32_path))
+        for p in src.metadata_props:
+            e = m.metadata_props.add()
+            e.key, e.value = p.key, p.value
+        onnx.save(m, str(tmp))
     return str(out)

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from polypseg import atomic
 from polypseg.errors import PolypsegError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -125,6 +126,5 @@ def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
     if not ok:
         raise PolypsegError(f"cannot encode {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
