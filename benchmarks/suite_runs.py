@@ -64,6 +64,10 @@ def main() -> int:
     from polypseg.config import load_config
     from polypseg.train import train
 
+    def after() -> None:
+        if a.after:  # under bash: the suite passes an exported shell function
+            subprocess.run(["bash", "-c", a.after])
+
     plan = json.loads(Path(a.plan).read_text())
     if a.only:
         keep = set(a.only.split(","))
@@ -105,8 +109,7 @@ def main() -> int:
                 return 1
             continue
         finally:
-            if a.after:
-                subprocess.run(["bash", "-c", a.after])  # bash: the suite passes an exported function
+            after()
         if run.get("export"):
             dst = export_dir / run["export"]
             save_safetensors(load_checkpoint(work / name / "best.pt"), dst)
@@ -124,8 +127,7 @@ def main() -> int:
         if p.wait() != 0:
             failed += 1
             log(f"evaluation of {name} FAILED ({p.args[-1] if len(p.args) else ''})")
-    if a.after:
-        subprocess.run(["bash", "-c", a.after])  # bash: the suite passes an exported function
+    after()
     log(f"plan done: {len(plan)} runs, {failed} failure(s)")
     return 1 if failed else 0
 

@@ -41,6 +41,13 @@ def polypgen() -> Path:
     return POLYPGEN
 
 
+def plain_mode(is_dir: bool) -> int:
+    """The permission bits a plain open() or mkdir() gives here (the umask applied)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if is_dir else 0o666) & ~umask
+
+
 def real_batch(cvc: Path, frames, height: int, width: int):
     """CVC-ClinicDB frames resized for the network: uint8 images (B,3,H,W) and masks (B,1,H,W)."""
     import numpy as np

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from html.parser import HTMLParser
 
 import torch
+from tests.conftest import plain_mode
 
 from polypseg.cli import main
 
@@ -68,9 +68,7 @@ def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     p.feed((out / "report.html").read_text())
     assert p.tables == 3 and len(p.srcs) >= 3 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
     # Outputs are as readable as anything else the user creates (the temp folder was 0700).
-    umask = os.umask(0)
-    os.umask(umask)
-    assert (out.stat().st_mode & 0o777) == 0o777 & ~umask
+    assert (out.stat().st_mode & 0o777) == plain_mode(is_dir=True)
 
 
 def test_evaluate_external_data_with_negatives(tiny_run, polypgen, tmp_path):

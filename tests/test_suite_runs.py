@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, plain_mode
 
 from polypseg.predict import Predictor
 
@@ -53,9 +53,7 @@ def test_plan_runs_evaluates_exports_and_goes_on_after_a_failure(cvc_subset, sub
         assert 0 <= m["segmentation"]["dice"] <= 1, ev
     # The exported weights are a working model; the after-command ran after every run and at the end.
     Predictor.from_checkpoint(w / "a.safetensors", device="cpu")
-    umask = os.umask(0)
-    os.umask(umask)
-    assert ((w / "a.safetensors").stat().st_mode & 0o777) == 0o666 & ~umask  # safetensors alone gives 0600
+    assert ((w / "a.safetensors").stat().st_mode & 0o777) == plain_mode(is_dir=False)  # safetensors: 0600
     assert (tmp_path / "w.after").read_text().count("packed") == 4
 
     # The summary tables are the evaluations' own numbers, with each run's training summary found.
