@@ -41,6 +41,13 @@ def polypgen() -> Path:
     return POLYPGEN
 
 
+def cli(command: str, checkpoint, *args) -> int:
+    """`polypseg COMMAND --checkpoint CHECKPOINT ARGS...` in this process: its exit status."""
+    from polypseg.cli import main
+
+    return main([command, "--checkpoint", str(checkpoint), *map(str, args)])
+
+
 def plain_mode(is_dir: bool) -> int:
     """The permission bits a plain open() or mkdir() gives here (the umask applied)."""
     umask = os.umask(0)

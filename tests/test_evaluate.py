@@ -7,7 +7,7 @@ import json
 from html.parser import HTMLParser
 
 import torch
-from tests.conftest import plain_mode
+from tests.conftest import cli, plain_mode
 
 from polypseg.cli import main
 
@@ -25,22 +25,7 @@ class _Images(HTMLParser):
 
 def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--checkpoint",
-                str(tiny_run / "best.pt"),
-                "--data",
-                str(cvc_subset),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert cli("evaluate", tiny_run / "best.pt", "--data", cvc_subset, "--out", out, "--device", "cpu") == 0
     screen = capsys.readouterr().out
     assert "held-out frames of the checkpoint's split" in screen and "mDice(256 thr)" in screen
     m = json.loads((out / "metrics.json").read_text())
@@ -86,20 +71,17 @@ def test_evaluate_external_data_with_negatives(tiny_run, polypgen, tmp_path):
     )
     out = tmp_path / "ext"
     assert (
-        main(
-            [
-                "evaluate",
-                "--checkpoint",
-                str(tiny_run / "best.pt"),
-                "--data",
-                str(polypgen),
-                "--split",
-                str(tmp_path / "s.json"),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
+        cli(
+            "evaluate",
+            tiny_run / "best.pt",
+            "--data",
+            polypgen,
+            "--split",
+            tmp_path / "s.json",
+            "--out",
+            out,
+            "--device",
+            "cpu",
         )
         == 0
     )

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
+from tests.conftest import cli
 
 from polypseg import Predictor
 from polypseg.cli import main
@@ -17,42 +18,13 @@ from polypseg.imageio import read_rgb
 @pytest.fixture(scope="module")
 def exported(tiny_run, cvc_subset, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    assert (
-        main(
-            [
-                "export",
-                "--checkpoint",
-                str(tiny_run / "best.pt"),
-                "--out",
-                str(out),
-                "--data",
-                str(cvc_subset),
-                "--dynamic-batch",
-            ]
-        )
-        == 0
-    )
+    assert cli("export", tiny_run / "best.pt", "--out", out, "--data", cvc_subset, "--dynamic-batch") == 0
     return out
 
 
 def test_export_parity_printed(tiny_run, cvc_subset, tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    assert (
-        main(
-            [
-                "export",
-                "--checkpoint",
-                str(tiny_run / "best.pt"),
-                "--out",
-                str(out),
-                "--data",
-                str(cvc_subset),
-                "--prune",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert cli("export", tiny_run / "best.pt", "--out", out, "--data", cvc_subset, "--prune", "2") == 0
     text = capsys.readouterr().out
     assert "parity on 4 real frames: max |p_onnx - p_torch| =" in text
     diff = float(text.split("= ")[1].split()[0])
@@ -71,19 +43,7 @@ def test_onnx_predictor_matches_pytorch(exported, tiny_run, cvc):
 
 def test_predict_cli_accepts_onnx(exported, cvc, tmp_path):
     out = tmp_path / "p"
-    assert (
-        main(
-            [
-                "predict",
-                str(cvc / "PNG" / "Original" / "30.png"),
-                "--checkpoint",
-                str(exported),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert cli("predict", exported, cvc / "PNG" / "Original" / "30.png", "--out", out) == 0
     assert json.loads((out / "30.json").read_text())["width"] == 384
 
 
@@ -101,19 +61,7 @@ def test_foreign_onnx_is_a_clear_error(tmp_path, capsys):
         ("other.onnx", "not a polypseg polyp model"),
         ("junk.onnx", "not a readable ONNX model"),
     ):
-        assert (
-            main(
-                [
-                    "predict",
-                    str(tmp_path / "other.onnx"),
-                    "--checkpoint",
-                    str(tmp_path / name),
-                    "--out",
-                    str(tmp_path / "o"),
-                ]
-            )
-            == 2
-        )
+        assert cli("predict", tmp_path / name, tmp_path / "other.onnx", "--out", tmp_path / "o") == 2
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1
 

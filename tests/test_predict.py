@@ -9,9 +9,9 @@ import cv2
 import jsonschema
 import numpy as np
 import pytest
+from tests.conftest import cli
 
 from polypseg import Predictor
-from polypseg.cli import main
 from polypseg.evaluate import evaluate
 from polypseg.imageio import read_rgb
 
@@ -56,21 +56,7 @@ def frames(cvc, polypgen, tmp_path_factory):
 
 def test_predict_folder(tiny_run, frames, tmp_path, capsys):
     out = tmp_path / "pred"
-    assert (
-        main(
-            [
-                "predict",
-                str(frames),
-                "--checkpoint",
-                str(tiny_run / "best.pt"),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert cli("predict", tiny_run / "best.pt", frames, "--out", out, "--device", "cpu") == 0
     cap = capsys.readouterr()
     assert "frames/s on CPU" in cap.out and "broken.png" in cap.err  # reported and skipped
     for name in ("cvc5", "big", "grey", "rgba", "deep"):
@@ -83,22 +69,9 @@ def test_predict_folder(tiny_run, frames, tmp_path, capsys):
         assert set(np.unique(mask)) <= {0, 255}
     assert not (out / "readme.json").exists() and not (out / "broken.json").exists()
     # An existing output folder needs --overwrite; the input folder is never an output.
-    assert main(["predict", str(frames), "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out)]) == 2
+    assert cli("predict", tiny_run / "best.pt", frames, "--out", out) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "predict",
-                str(frames),
-                "--checkpoint",
-                str(tiny_run / "best.pt"),
-                "--out",
-                str(frames),
-                "--overwrite",
-            ]
-        )
-        == 2
-    )
+    assert cli("predict", tiny_run / "best.pt", frames, "--out", frames, "--overwrite") == 2
     assert "input folder" in capsys.readouterr().err
 
 
@@ -107,23 +80,9 @@ def test_api_matches_cli_and_evaluation(tiny_run, frames, cvc_subset, tmp_path):
     rgb = read_rgb(frames / "cvc5.png")
     r = p.predict(rgb)
     out = tmp_path / "one"
-    assert (
-        main(
-            [
-                "predict",
-                str(frames / "cvc5.png"),
-                "--checkpoint",
-                str(tiny_run / "best.pt"),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
-    cli = json.loads((out / "cvc5.json").read_text())
-    assert cli["polyps"] == r.to_json()["polyps"] and cli["polyp_present_score"] == r.polyp_present_score
+    assert cli("predict", tiny_run / "best.pt", frames / "cvc5.png", "--out", out, "--device", "cpu") == 0
+    rec = json.loads((out / "cvc5.json").read_text())
+    assert rec["polyps"] == r.to_json()["polyps"] and rec["polyp_present_score"] == r.polyp_present_score
     assert np.array_equal(cv2.imread(str(out / "cvc5_mask.png"), 0) > 0, r.mask)
     batch = p.predict_batch([rgb, rgb[:, ::-1]])
     assert batch[0].to_json() == r.to_json() and len(batch) == 2
@@ -156,21 +115,7 @@ def test_predict_video(tiny_run, cvc, tmp_path):
     w.release()
     out = tmp_path / "vid"
     assert (
-        main(
-            [
-                "predict",
-                str(video),
-                "--checkpoint",
-                str(tiny_run / "best.pt"),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--batch-size",
-                "5",
-            ]
-        )
-        == 0
+        cli("predict", tiny_run / "best.pt", video, "--out", out, "--device", "cpu", "--batch-size", "5") == 0
     )
     lines = [json.loads(x) for x in (out / "clip.jsonl").read_text().splitlines()]
     assert [x["frame"] for x in lines] == list(range(12))
@@ -188,19 +133,7 @@ def test_predict_video(tiny_run, cvc, tmp_path):
 
 def test_unopenable_video_is_one_line_error(tiny_run, tmp_path, capsys):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
-    assert (
-        main(
-            [
-                "predict",
-                str(tmp_path / "bad.mp4"),
-                "--checkpoint",
-                str(tiny_run / "best.pt"),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
+    assert cli("predict", tiny_run / "best.pt", tmp_path / "bad.mp4", "--out", tmp_path / "o") == 2
     err = capsys.readouterr().err
     assert "cannot open video" in err and "nothing could be processed" in err and "Traceback" not in err
 

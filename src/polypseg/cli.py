@@ -21,6 +21,29 @@ def _data_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
     p.add_argument("--masks", help="explicit masks folder (with --images)")
 
 
+def _inference_args(p: argparse.ArgumentParser) -> None:
+    """The model and inference options `evaluate` and `predict` share."""
+    p.add_argument(
+        "--checkpoint",
+        help="model (.pt, .safetensors, .onnx; or full/fast for the bundled models; default: full)",
+    )
+    p.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's)")
+    p.add_argument(
+        "--mode",
+        choices=["accurate", "fast"],
+        default="accurate",
+        help="accurate: mean of the heads; fast: one pruned head (--prune)",
+    )
+    p.add_argument("--prune", type=int, help="fast mode: head 1..4 (default 4)")
+    p.add_argument("--tta", action="store_true", help="average with flipped inputs")
+    p.add_argument(
+        "--min-area", type=int, default=50, help="smallest predicted component counted as a polyp (px)"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true", help="allow writing into an existing output folder")
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(prog="polypseg", description="Find colorectal polyps in colonoscopy frames.")
@@ -90,24 +113,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         epilog="example:\n  polypseg evaluate --checkpoint runs/full/best.pt --data ../shared/datasets/PolypGen-val --out eval/",
     )
-    ev.add_argument(
-        "--checkpoint", help="model (.pt, .safetensors; or full/fast for the bundled models; default: full)"
-    )
     _data_args(ev)
     ev.add_argument(
         "--split", default="test", help="test (the checkpoint's held-out frames) | all | a split.json"
     )
     ev.add_argument("--out", default="eval", help="output folder")
-    ev.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's)")
-    ev.add_argument("--mode", choices=["accurate", "fast"], default="accurate")
-    ev.add_argument("--prune", type=int, help="fast mode: head 1..4 (default 4)")
-    ev.add_argument("--tta", action="store_true", help="average with flipped inputs")
-    ev.add_argument(
-        "--min-area", type=int, default=50, help="smallest predicted component counted as a detection (px)"
-    )
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--overwrite", action="store_true", help="allow writing into an existing output folder")
+    _inference_args(ev)
 
     pr = sub.add_parser(
         "predict",
@@ -116,19 +127,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example:\n  polypseg predict frames/ procedure.mp4 --out predictions/",
     )
     pr.add_argument("inputs", nargs="+", help="image files, folders, globs or videos")
-    pr.add_argument(
-        "--checkpoint",
-        help="model (.pt, .safetensors, .onnx; or full/fast for the bundled models; default: full)",
-    )
     pr.add_argument("--out", required=True, help="output folder")
-    pr.add_argument("--threshold", type=float)
-    pr.add_argument("--tta", action="store_true")
-    pr.add_argument("--mode", choices=["accurate", "fast"], default="accurate")
-    pr.add_argument("--prune", type=int)
-    pr.add_argument("--batch-size", type=int, default=8)
-    pr.add_argument("--min-area", type=int, default=50)
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--overwrite", action="store_true")
+    _inference_args(pr)
 
     ex = sub.add_parser(
         "export",
