@@ -138,8 +138,19 @@ def test_unopenable_video_is_one_line_error(tiny_run, tmp_path, capsys):
     assert "cannot open video" in err and "nothing could be processed" in err and "Traceback" not in err
 
 
-def test_bundled_models_load():
-    p = Predictor.from_checkpoint("fast", device="cpu")
-    assert (p.height, p.width) == (64, 80) and p.meta["arch"]["kwargs"]["width"] == 8
-    full = Predictor.from_checkpoint(None, device="cpu")
-    assert (full.height, full.width) == (288, 384)
+def test_bundled_models_are_what_the_demo_and_card_say(cvc):
+    from polypseg.data.layouts import discover
+    from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
+
+    fast = Predictor.from_checkpoint("fast", device="cpu")
+    assert (fast.height, fast.width) == (64, 80) and fast.meta["arch"]["kwargs"]["width"] == 8
+    full = Predictor.from_checkpoint(None, device="cpu")  # the default
+    assert full.meta["split"]["method"] == "none" and len(full.meta["split"]["train"]) == 612
+    # `make demo` evaluates `fast` on its held-out frames: they are exactly grouped fold 0 of CVC-ClinicDB,
+    # and no training frame comes from one of their video sequences.
+    ds = discover(cvc)
+    groups, _ = load_groups(ds)
+    fold0 = make_split(ds.names, groups, method="kfold", folds=5, fold=0, seed=0)
+    split = fast.meta["split"]
+    assert sorted(split["val"]) == sorted(fold0.val) and sorted(split["train"]) == sorted(fold0.train)
+    check_no_leak(Split("kfold", 0, split["train"], split["val"]), ds.names, groups)
