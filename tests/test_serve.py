@@ -187,3 +187,19 @@ def test_web_page_in_headless_chromium(server, cvc, tmp_path):
     if os.environ.get("POLYPSEG_SCREENSHOT"):
         shutil.copy(tmp_path / "page.png", os.environ["POLYPSEG_SCREENSHOT"])
     assert json.dumps(expected)
+
+
+def test_busy_port_and_bad_port_are_one_line_errors(capsys):
+    from polypseg.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for args, msg in (
+            (["--port", str(port)], f"cannot listen on 127.0.0.1:{port}: Address already in use"),
+            (["--port", "70000"], "--port must be 0..65535, got 70000"),
+        ):
+            assert main(["serve", *args, "--checkpoint", "fast", "--device", "cpu"]) == 2
+            err = capsys.readouterr().err
+            assert msg in err and err.count("\n") == 1, err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
@@ -26,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from polypseg.errors import PolypsegError
 from polypseg.imageio import to_rgb_uint8, truncation_of
 from polypseg.predict import Predictor, overlay
 
@@ -141,14 +143,32 @@ def create_app(
     return app
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model loads: a busy port or a bad address is a one-line error."""
+    if not 0 <= port <= 65535:
+        raise PolypsegError(f"--port must be 0..65535, got {port}")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:  # socket.gaierror for an unknown host is one too
+        raise PolypsegError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
 def run(
     checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto"
 ) -> None:
     import uvicorn
 
+    sock = _listen(host, port)
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    port = sock.getsockname()[1]  # the one the system chose for --port 0
     print(
         f"polypseg serving {predictor.meta.get('arch', {}).get('name')} on http://{host}:{port}/ "
-        f"({predictor.device_name()}); API docs at /docs"
+        f"({predictor.device_name()}); API docs at /docs",
+        flush=True,
     )
-    uvicorn.run(create_app(predictor), host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor), log_level="warning"))
+    server.run(sockets=[sock])
