@@ -114,6 +114,14 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
             "no usable image/mask pairs",
         ),
         (["--checkpoint", str(tmp_path / "missing.pt"), "--data", str(cvc_subset)], "checkpoint not found"),
+        (
+            ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--threshold", "50"],
+            "threshold must be in 0..1 (a probability), got 50.0",
+        ),
+        (
+            ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--min-area", "-1"],
+            "min_area must be >= 0 pixels",
+        ),
     ]
     for args, msg in cases:
         assert main(["evaluate", *args, "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2

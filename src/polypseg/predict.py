@@ -114,6 +114,10 @@ class Predictor:
         tta: bool = False,
         min_area: int = 50,
     ) -> Predictor:
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise PolypsegError(f"threshold must be in 0..1 (a probability), got {threshold}")
+        if min_area < 0:
+            raise PolypsegError(f"min_area must be >= 0 pixels, got {min_area}")
         path = resolve_checkpoint(path, "fast" if prune else "full")
         if path.suffix == ".onnx":
             from polypseg.export import load_onnx
