@@ -36,6 +36,13 @@ def test_round_trip(tmp_path):
         ("model=3", "expected a mapping"),
         ("data.split_by=random", "data.split_by: expected one of group, kfold, frame, none; got 'random'"),
         ("compile_mode=fastest", "compile_mode: expected one of default, reduce-overhead"),
+        # Right type, unusable value: refused before any work (these used to be tracebacks mid-run).
+        ("data.height=70", r"data.height must be a positive multiple of 16 \(four poolings\), got 70"),
+        ("optim.batch_size=0", "optim.batch_size must be >= 1, got 0"),
+        ("data.fold=5", r"data.fold must be in 0..4, got 5"),
+        ("loss.head_weights=[1,1]", r"loss.head_weights must be four weights >= 0 \(heads L1..L4\)"),
+        ("ema=1", r"ema must be in 0..1 \(0 = off\), got 1"),
+        ("augment.flip=2", r"augment.flip must be a probability"),
     ],
 )
 def test_bad_overrides_rejected_by_name(override, message):
@@ -46,3 +53,13 @@ def test_bad_overrides_rejected_by_name(override, message):
 def test_defaults_are_the_seed_network():
     c = TrainConfig()
     assert (c.model.name, c.model.width, c.model.deep_supervision) == ("unetpp", 32, True)
+
+
+def test_train_checks_a_config_built_in_python(tmp_path):
+    from polypseg.train import train
+
+    cfg = TrainConfig()
+    cfg.data.height = 70
+    with pytest.raises(PolypsegError, match="data.height must be a positive multiple of 16"):
+        train(cfg, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -193,12 +193,71 @@ def load_config(
         except yaml.YAMLError:
             value = raw
         _merge(cfg, _nest(key.strip(), value))
+    check(cfg)
     return cfg
+
+
+def check(cfg: TrainConfig) -> None:
+    """Values the types allow but training cannot use: the first one is a one-line error, before any work."""
+    d, a, o, loss = cfg.data, cfg.augment, cfg.optim, cfg.loss
+    rules = [
+        (
+            "data.height",
+            d.height,
+            d.height > 0 and d.height % 16 == 0,
+            "a positive multiple of 16 (four poolings)",
+        ),
+        (
+            "data.width",
+            d.width,
+            d.width > 0 and d.width % 16 == 0,
+            "a positive multiple of 16 (four poolings)",
+        ),
+        ("data.val_fraction", d.val_fraction, 0 < d.val_fraction < 1, "between 0 and 1"),
+        ("data.folds", d.folds, d.folds >= 2, "at least 2"),
+        ("data.fold", d.fold, 0 <= d.fold < d.folds, f"in 0..{d.folds - 1}"),
+        ("model.width", cfg.model.width, cfg.model.width >= 1, ">= 1"),
+        ("augment.flip", a.flip, 0 <= a.flip <= 1, "a probability (0..1)"),
+        ("augment.scale", a.scale, 0 <= a.scale < 1, "in 0..1 (zoom 1 +- scale)"),
+        *(
+            (f"augment.{k}", getattr(a, k), getattr(a, k) >= 0, ">= 0")
+            for k in ("rotate", "shift", "brightness", "contrast", "saturation", "hue")
+        ),
+        ("optim.epochs", o.epochs, o.epochs >= 1, ">= 1"),
+        ("optim.batch_size", o.batch_size, o.batch_size >= 1, ">= 1"),
+        ("optim.lr", o.lr, o.lr > 0, "> 0"),
+        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+        ("optim.warmup_epochs", o.warmup_epochs, o.warmup_epochs >= 0, ">= 0"),
+        ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "in 0..1"),
+        ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0, ">= 0 (0 = off)"),
+        (
+            "loss.bce_weight/dice_weight",
+            (loss.bce_weight, loss.dice_weight),
+            min(loss.bce_weight, loss.dice_weight) >= 0 and loss.bce_weight + loss.dice_weight > 0,
+            ">= 0 and not both 0",
+        ),
+        (
+            "loss.head_weights",
+            loss.head_weights,
+            len(loss.head_weights) == 4 and min(loss.head_weights) >= 0 and sum(loss.head_weights) > 0,
+            "four weights >= 0 (heads L1..L4), not all 0",
+        ),
+        ("ema", cfg.ema, 0 <= cfg.ema < 1, "in 0..1 (0 = off)"),
+        ("val_every", cfg.val_every, cfg.val_every >= 1, ">= 1"),
+        ("time_limit_s", cfg.time_limit_s, cfg.time_limit_s >= 0, ">= 0 (0 = no limit)"),
+        ("save_every_s", cfg.save_every_s, cfg.save_every_s >= 0, ">= 0"),
+        ("early_stop", cfg.early_stop, cfg.early_stop >= 0, ">= 0 (0 = off)"),
+        ("threshold", cfg.threshold, 0 <= cfg.threshold <= 1, "a probability (0..1)"),
+    ]
+    for key, value, ok, need in rules:
+        if not ok:
+            raise PolypsegError(f"{key} must be {need}, got {value!r}")
 
 
 def config_from_dict(d: dict) -> TrainConfig:
     cfg = TrainConfig()
     _merge(cfg, d)
+    check(cfg)
     return cfg
 
 

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from polypseg import atomic, distributed
 from polypseg.checkpoint import load_checkpoint, make_checkpoint, save_atomic
 from polypseg.config import TrainConfig, config_from_dict, save_config
+from polypseg.config import check as check_config
 from polypseg.data.augment import BatchAugment
 from polypseg.data.cache import content_fingerprint, load_decoded
 from polypseg.data.layouts import discover
@@ -203,6 +204,7 @@ def train(
             raise PolypsegError(f"{out / 'last.pt'} has no training state to resume")
         cfg = config_from_dict(ckpt["config"])
     cfg = cfg or TrainConfig()
+    check_config(cfg)  # a config built in Python, not through load_config, is checked too
     info, device = distributed.setup(cfg.device)
     log = print if info.main else (lambda *a, **k: None)
     try:
