@@ -91,7 +91,9 @@ def main() -> int:
         log(f"run {name}: {run['seconds']} s; {' '.join(run.get('set', []))}")
         try:
             cfg = load_config(preset=preset, overrides=sets)
-            s = train(cfg, out=work / name, data=a.data, progress=False)
+            s = train(
+                cfg, out=work / name, data=a.data, progress=False, overwrite=True
+            )  # the suite's own folder
             best = (
                 f"best val Dice {s['best_val_dice']:.4f} at epoch {s['best_epoch']}"
                 if s["best_epoch"] > 0

@@ -152,6 +152,22 @@ def test_data_that_cannot_train_is_a_one_line_error(
     assert not out.exists()  # nothing half-written
 
 
+def test_an_earlier_run_is_never_trained_over(cvc_subset, subset_groups, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(cvc_subset), "--out", str(out), "--no-progress"]
+    for o in TINY + [f"data.groups={subset_groups}", "optim.epochs=1"]:
+        args += ["--set", o]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{out} exists and is not empty; it holds an earlier run: --resume {out} continues it" in err
+    assert err.count("\n") == 1 and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(args + ["--set", "seed=1", "--overwrite"]) == 0  # replaced on request
+    assert (out / "best.pt").read_bytes() != before["best.pt"]
+
+
 def test_resume_refuses_other_config(tiny_run, capsys):
     assert main(["train", "--resume", str(tiny_run), "--preset", "fast"]) == 2
     assert "--resume continues" in capsys.readouterr().err

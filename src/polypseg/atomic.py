@@ -1,4 +1,5 @@
-"""Atomic small-file writes: a temp file beside the target, then a rename, so a kill never leaves half a file."""
+"""Writes that lose nothing: atomic small files (a temp file beside the target, then a rename, so a kill never
+leaves half a file), and output folders that are never written over unless the user says so."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from polypseg.errors import PolypsegError
 
 
 @contextmanager
@@ -42,3 +45,15 @@ def default_permissions(path: str | os.PathLike) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
+def claim_output_dir(
+    path: str | os.PathLike, overwrite: bool, hint: str = "pass --overwrite to write into it"
+) -> Path:
+    """`path` as an output folder: refused (one-line error) if it exists and holds anything, unless `overwrite`."""
+    path = Path(path)
+    if path.is_file():
+        raise PolypsegError(f"{path} is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise PolypsegError(f"{path} exists and is not empty; {hint}")
+    return path

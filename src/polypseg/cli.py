@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--out", help="run folder (default: runs/<preset or train>)")
     tr.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly")
+    tr.add_argument("--overwrite", action="store_true", help="replace the run in an existing --out folder")
     tr.add_argument("--cache-dir", help="decoded-data cache (default: ~/.cache/polypseg)")
     tr.add_argument("--no-progress", action="store_true")
 
@@ -240,6 +241,7 @@ def _cmd_train(a) -> int:
         masks=a.masks,
         cache_dir=a.cache_dir,
         progress=not a.no_progress,
+        overwrite=a.overwrite,
     )
     return 0
 

@@ -175,9 +175,7 @@ def evaluate(
     from polypseg.predict import overlay
 
     ckpt_path = resolve_checkpoint(checkpoint)
-    out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise PolypsegError(f"{out_dir} exists and is not empty; pass --overwrite to replace its contents")
+    out_dir = atomic.claim_output_dir(out, overwrite, "pass --overwrite to replace its contents")
     predictor = Predictor.from_checkpoint(
         ckpt_path, device=device, prune=prune, threshold=threshold, tta=tta, min_area=min_area
     )

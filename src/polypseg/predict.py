@@ -364,8 +364,7 @@ def predict_paths(
         raise PolypsegError(
             f"--out {out_dir} is an input folder; choose another so inputs are never overwritten"
         )
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise PolypsegError(f"{out_dir} exists and is not empty; pass --overwrite to write into it")
+    atomic.claim_output_dir(out_dir, overwrite)
     p = Predictor.from_checkpoint(
         checkpoint, device=device, prune=prune, threshold=threshold, tta=tta, min_area=min_area
     )

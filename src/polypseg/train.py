@@ -190,13 +190,19 @@ def train(
     cache_dir: str | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train a model; write config.yaml, split.json, metrics.csv, curves.png, best.pt, last.pt, summary.json.
 
     `resume` is a run folder whose last.pt is continued exactly (its saved config and split are used).
+    A new run refuses a folder that holds anything unless `overwrite` (then its files are replaced).
     `stop_after_epoch` ends this call early, as a kill would (used to test resuming).
     """
     out = Path(resume or out)
+    if not resume:
+        atomic.claim_output_dir(
+            out, overwrite, f"it holds an earlier run: --resume {out} continues it, --overwrite replaces it"
+        )
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out / "last.pt")
