@@ -33,8 +33,8 @@ test: $(VENV)/.dev
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs
+	$(VENV)/bin/ruff format --check src tests benchmarks docs
 
 clean:
 	rm -rf $(VENV) runs demo_out .pytest_cache
