@@ -38,3 +38,11 @@ def test_benchmark_table_and_json(tiny_run, tmp_path, capsys):
     assert all(
         r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"] and r["throughput_img_s"] > 0 for r in res["rows"]
     )
+
+
+def test_benchmark_defaults_to_the_checkpoints_input_size(tiny_run, tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["benchmark", "--checkpoint", str(tiny_run / "best.pt"), "--device", "cpu", "--iters", "1"]
+    assert main(args + ["--no-onnx", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert (res["height"], res["width"]) == (64, 80)  # what the tiny run was trained at

@@ -110,8 +110,15 @@ def candidates(checkpoint: str | None):
 
 
 def run_benchmark(
-    checkpoint=None, device="auto", height=288, width=384, iters=20, json_path=None, onnx=True, batch=None
+    checkpoint=None, device="auto", height=None, width=None, iters=20, json_path=None, onnx=True, batch=None
 ) -> list[dict]:
+    """Sizes default to the checkpoint's input size, or CVC-ClinicDB's 288x384 for the default architectures."""
+    if checkpoint and not (height and width):
+        from polypseg.predict import resolve_checkpoint
+
+        size = load_checkpoint(resolve_checkpoint(checkpoint))["input"]
+        height, width = height or size["height"], width or size["width"]
+    height, width = height or 288, width or 384
     dev = pick_device(device)
     batch = batch or (32 if dev.type == "cuda" else 4)
     name = device_name(dev)
