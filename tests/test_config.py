@@ -43,6 +43,10 @@ def test_round_trip(tmp_path):
         ("loss.head_weights=[1,1]", r"loss.head_weights must be four weights >= 0 \(heads L1..L4\)"),
         ("ema=1", r"ema must be in 0..1 \(0 = off\), got 1"),
         ("augment.flip=2", r"augment.flip must be a probability"),
+        (
+            "loss.bce_weight=.nan",
+            r"loss.bce_weight/dice_weight must be >= 0 and not both 0, got \(nan, 1.0\)",
+        ),
     ],
 )
 def test_bad_overrides_rejected_by_name(override, message):

@@ -70,8 +70,13 @@ def _post(base, content, name="f.png", ctype="image/png", **params):
 
 def test_health_docs_page(server):
     base, _ = server
+    from polypseg.checkpoint import load_checkpoint
+    from polypseg.predict import bundled_checkpoint
+
+    full = load_checkpoint(bundled_checkpoint("full"))  # what the server should be running by default
     h = httpx.get(base + "/health").json()
-    assert h["status"] == "ok" and h["input"] == [288, 384] and h["model"]["name"] == "unetpp"
+    assert h["status"] == "ok" and h["model"] == full["arch"]
+    assert h["input"] == [full["input"]["height"], full["input"]["width"]]
     assert "/predict" in httpx.get(base + "/openapi.json").json()["paths"]
     assert httpx.get(base + "/docs").status_code == 200
     assert 'id="drop"' in httpx.get(base + "/").text
