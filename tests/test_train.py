@@ -21,6 +21,14 @@ from polypseg.errors import PolypsegError
 from polypseg.train import train
 
 
+def _train_args(data, out, groups, *overrides) -> list[str]:
+    """`polypseg train` on `data` into `out` with the tiny config, the groups CSV and `overrides`."""
+    args = ["train", "--data", str(data), "--out", str(out), "--no-progress"]
+    for o in [*TINY, f"data.groups={groups}", *overrides]:
+        args += ["--set", o]
+    return args
+
+
 def test_run_folder(tiny_run):
     for f in ("config.yaml", "split.json", "metrics.csv", "curves.png", "best.pt", "last.pt", "summary.json"):
         assert (tiny_run / f).is_file(), f
@@ -94,11 +102,9 @@ def test_checkpoints_written_at_most_every_save_every_s(
 
 def test_nan_loss_stops_with_clear_message(cvc_subset, subset_groups, tmp_path, capsys):
     out = tmp_path / "nan"
-    args = ["train", "--data", str(cvc_subset), "--out", str(out), "--no-progress"]
     # A learning rate of 1e30 sends the weights past float32 in the first step; the loss follows.
     # (A NaN loss weight no longer gets this far: the config check refuses it.)
-    for o in TINY + [f"data.groups={subset_groups}", "optim.lr=1e30"]:
-        args += ["--set", o]
+    args = _train_args(cvc_subset, out, subset_groups, "optim.lr=1e30")
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "loss became nan in epoch 1; stopped" in err and err.count("\n") == 1
@@ -111,9 +117,7 @@ def test_out_of_memory_names_a_batch_size(cvc_subset, subset_groups, tmp_path, c
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr("polypseg.train.seg_loss", oom)
-    args = ["train", "--data", str(cvc_subset), "--out", str(tmp_path / "oom"), "--no-progress"]
-    for o in TINY + [f"data.groups={subset_groups}"]:
-        args += ["--set", o]
+    args = _train_args(cvc_subset, tmp_path / "oom", subset_groups)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "ran out of memory at batch size 8 and 64x80; try --set optim.batch_size=4" in err
@@ -145,9 +149,7 @@ def test_data_that_cannot_train_is_a_one_line_error(
     one = tmp_path / "one_group.csv"
     one.write_text("frame,sequence\n" + "".join(f"{p.stem},1\n" for p in (cvc_subset / "images").iterdir()))
     out = tmp_path / "run"
-    args = ["train", "--data", str(cvc_subset), "--out", str(out), "--no-progress"]
-    for o in TINY + [f"data.groups={subset_groups}"] + [o.replace("ONE", str(one)) for o in overrides]:
-        args += ["--set", o]
+    args = _train_args(cvc_subset, out, subset_groups, *[o.replace("ONE", str(one)) for o in overrides])
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -156,9 +158,7 @@ def test_data_that_cannot_train_is_a_one_line_error(
 
 def test_an_earlier_run_is_never_trained_over(cvc_subset, subset_groups, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--data", str(cvc_subset), "--out", str(out), "--no-progress"]
-    for o in TINY + [f"data.groups={subset_groups}", "optim.epochs=1"]:
-        args += ["--set", o]
+    args = _train_args(cvc_subset, out, subset_groups, "optim.epochs=1")
     assert main(args) == 0
     capsys.readouterr()
     before = {p.name: p.read_bytes() for p in out.iterdir()}
