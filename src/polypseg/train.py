@@ -199,16 +199,15 @@ def train(
     `stop_after_epoch` ends this call early, as a kill would (used to test resuming).
     """
     out = Path(resume or out)
-    if not resume:
-        atomic.claim_output_dir(
-            out, overwrite, f"it holds an earlier run: --resume {out} continues it, --overwrite replaces it"
-        )
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out / "last.pt")
         if "optimizer" not in ckpt:
             raise PolypsegError(f"{out / 'last.pt'} has no training state to resume")
         cfg = config_from_dict(ckpt["config"])
+    else:
+        hint = f"it holds an earlier run: --resume {out} continues it, --overwrite replaces it"
+        atomic.claim_output_dir(out, overwrite, hint)
     cfg = cfg or TrainConfig()
     check_config(cfg)  # a config built in Python, not through load_config, is checked too
     info, device = distributed.setup(cfg.device)
