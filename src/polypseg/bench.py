@@ -91,12 +91,9 @@ def bench_onnx(model, h, w, iters, batch) -> dict:
     return _summary(lat, thr, batch, "fp32")
 
 
-def candidates(checkpoint: str | None):
-    """(label, model) pairs: the checkpoint (accurate + each pruned head) or the default architectures."""
-    if checkpoint:
-        from polypseg.predict import resolve_checkpoint
-
-        ck = load_checkpoint(resolve_checkpoint(checkpoint))
+def candidates(ck: dict | None):
+    """(label, model) pairs: a loaded checkpoint (accurate + each pruned head) or the default architectures."""
+    if ck:
         yield f"{ck['arch']['name']} (checkpoint)", build_model(ck)
         if ck["arch"].get("kwargs", {}).get("deep_supervision"):
             for level in (1, 2, 3, 4):
@@ -113,11 +110,12 @@ def run_benchmark(
     checkpoint=None, device="auto", height=None, width=None, iters=20, json_path=None, onnx=True, batch=None
 ) -> list[dict]:
     """Sizes default to the checkpoint's input size, or CVC-ClinicDB's 288x384 for the default architectures."""
-    if checkpoint and not (height and width):
+    ck = None
+    if checkpoint:
         from polypseg.predict import resolve_checkpoint
 
-        size = load_checkpoint(resolve_checkpoint(checkpoint))["input"]
-        height, width = height or size["height"], width or size["width"]
+        ck = load_checkpoint(resolve_checkpoint(checkpoint))
+        height, width = height or ck["input"]["height"], width or ck["input"]["width"]
     height, width = height or 288, width or 384
     dev = pick_device(device)
     batch = batch or (32 if dev.type == "cuda" else 4)
@@ -127,7 +125,7 @@ def run_benchmark(
         f"{'model':24s} {'params':>8s} {'GFLOPs':>7s} {'backend':>12s} {'p50 ms':>8s} {'p95 ms':>8s} {'fps b1':>7s} {'img/s':>8s}"
     )
     rows = []
-    for label, model in candidates(checkpoint):
+    for label, model in candidates(ck):
         model.eval()
         base = {
             "model": label,
