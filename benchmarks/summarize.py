@@ -5,6 +5,7 @@ is found beside the checkpoint the evaluation names, or, for a folder fetched fr
 (`eval_NAME` next to `NAME/`), by the run's name. Prints Markdown; `--json` writes the same numbers.
 
   python benchmarks/summarize.py --folds work/eval_fold{0,1,2,3,4}     # mean +- std over the folds
+  python benchmarks/summarize.py --by-sequence --folds work/eval_fold{0,1,2,3,4}   # + a row per sequence
   python benchmarks/summarize.py work/eval_random work/eval_fold0 work/eval_unet   # one row each
 (--folds takes every folder after it: give the one-row folders first, or in a second call.)
 """
@@ -12,10 +13,13 @@ is found beside the checkpoint the evaluation names, or, for a folder fetched fr
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import statistics
 from pathlib import Path
+
+from polypseg.metrics import grouped_bootstrap_ci
 
 # (label, section, key, digits)
 COLUMNS = [
@@ -34,7 +38,12 @@ TRAIN = [("epochs", "epochs"), ("img/s", "mean_img_per_s"), ("wall s", "wall_sec
 
 
 def load(eval_dir: Path) -> dict:
+    if not (eval_dir / "metrics.json").is_file():
+        raise SystemExit(
+            f"summarize.py: {eval_dir} has no metrics.json (not a folder polypseg evaluate wrote)"
+        )
     m = json.loads((eval_dir / "metrics.json").read_text())
+    m["dir"] = eval_dir
     ckpt = Path(m["checkpoint"])
     for cand in (ckpt.parent / "summary.json", eval_dir.parent / ckpt.parent.name / "summary.json"):
         if cand.is_file():
@@ -68,6 +77,46 @@ def row(m: dict) -> list[str]:
     return cells
 
 
+def pooled(folds: list[dict], by_sequence: bool) -> tuple[str, dict]:
+    """The folds' held-out frames together: frame means with intervals that resample whole sequences."""
+    rows = []
+    for m in folds:
+        for r in csv.DictReader(open(m["dir"] / "per_image.csv")):
+            rows.append({**r, "fold": m["name"]})
+    if not rows or "group" not in rows[0] or not folds[0].get("per_sequence"):
+        return "", {}
+    pos = [r for r in rows if r["negative"] == "False"]
+    groups = [r["group"] for r in pos]
+    out = {"frames": len(rows), "polyp_frames": len(pos), "sequences": len(set(groups))}
+    for key in ("dice", "mdice"):
+        vals = [float(r[key]) for r in pos]
+        out[key] = {"mean": statistics.fmean(vals), "ci95": grouped_bootstrap_ci(vals, groups)}
+    d, md = out["dice"], out["mdice"]
+    text = (
+        f"Pooled over the {len(folds)} folds' {len(pos)} held-out frames with a polyp ({out['sequences']} sequences): "
+        f"Dice@0.5 **{d['mean']:.4f}** (95% interval {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}), "
+        f"mDice **{md['mean']:.4f}** ({md['ci95'][0]:.3f}-{md['ci95'][1]:.3f}); "
+        "percentile bootstrap resampling whole sequences, 2000 draws."
+    )
+    if by_sequence:
+        seqs = {}
+        for m in folds:
+            for g in m["per_sequence"]:
+                seqs[g["sequence"]] = {**g, "fold": m["name"]}
+        order = sorted(seqs.values(), key=lambda g: g["dice"])
+        text += "\n\n" + table(
+            ["sequence", "held out in", "frames", "Dice@0.5", "mDice", "polyp recall", "FP/frame"],
+            [
+                [g["sequence"], g["fold"], str(g["polyp_frames"])]
+                + [fmt(float(g[k]), 4) for k in ("dice", "mdice")]
+                + [fmt(float(g["polyp_recall"]), 3), fmt(float(g["fp_per_frame"]), 2)]
+                for g in order
+            ],
+        )
+        out["per_sequence"] = order
+    return text, out
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -77,6 +126,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("evals", nargs="*", type=Path, help="evaluation folders, one row each")
     ap.add_argument("--folds", nargs="+", type=Path, default=[], help="evaluation folders of the k folds")
+    ap.add_argument(
+        "--by-sequence", action="store_true", help="with --folds: a row per video sequence, lowest Dice first"
+    )
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     if not a.evals and not a.folds:
@@ -107,6 +159,9 @@ def main() -> int:
         mean_row += [""] * (len(header) - len(mean_row))
         print(table(header, [row(m) for m in folds] + [mean_row]))
         out["folds"] = {"runs": [m["name"] for m in folds], "stats": stats}
+        text, out["folds"]["pooled"] = pooled(folds, a.by_sequence)
+        if text:
+            print("\n" + text)
     if a.evals:
         print()
         print(table(header, [row(m) for m in runs[len(a.folds) :]]))

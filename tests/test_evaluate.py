@@ -6,6 +6,7 @@ import csv
 import json
 from html.parser import HTMLParser
 
+import numpy as np
 import torch
 from tests.conftest import cli, plain_mode
 
@@ -56,10 +57,47 @@ def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     assert (out.stat().st_mode & 0o777) == plain_mode(is_dir=True)
 
 
+def test_evaluate_by_sequence(tiny_run, cvc, cvc_subset, tmp_path, capsys):
+    # Real CVC-ClinicDB layout: sequences come from the built-in table. 12 frames of 3 sequences.
+    val = [str(n) for n in (*range(1, 5), *range(26, 30), *range(80, 84))]
+    (tmp_path / "s.json").write_text(json.dumps({"method": "group", "seed": 0, "train": [], "val": val}))
+    out = tmp_path / "seq"
+    args = ("--split", tmp_path / "s.json", "--device", "cpu")
+    assert cli("evaluate", tiny_run / "best.pt", "--data", cvc, "--out", out, *args) == 0
+    screen = capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    seqs = m["per_sequence"]
+    assert "built-in table" in m["groups"] and [g["sequence"] for g in seqs] == ["1", "2", "5"]
+    assert [g["frames"] for g in seqs] == [4, 4, 4]
+    seg = m["segmentation"]
+    # Equal-sized sequences: the frame mean is the mean of the sequence means.
+    assert np.isclose(np.mean([g["dice"] for g in seqs]), seg["dice"])
+    lo, hi = seg["dice_ci95"]
+    assert lo <= seg["dice"] <= hi and seg["ci95_over"] == "3 sequences"
+    assert "by sequence (3), lowest Dice@0.5" in screen and "(bootstrap over 3 sequences)" in screen
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert {r["name"]: r["group"] for r in rows}["80"] == "5"
+    p = _Images()
+    p.feed((out / "report.html").read_text())
+    assert p.tables == 4  # the three metric tables and the one by sequence
+
+    # Data without a table: --groups names them; without it each frame stands alone.
+    (tmp_path / "g.csv").write_text("frame,sequence\n" + "".join(f"{n},{n % 2}\n" for n in range(1, 100)))
+    sub = ("--data", cvc_subset, "--split", "all", "--device", "cpu")
+    assert (
+        cli("evaluate", tiny_run / "best.pt", *sub, "--out", tmp_path / "g", "--groups", tmp_path / "g.csv")
+        == 0
+    )
+    m = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    assert [g["sequence"] for g in m["per_sequence"]] == ["0", "1"] and m["frames"] == 40
+    assert cli("evaluate", tiny_run / "best.pt", *sub, "--out", tmp_path / "none") == 0
+    m = json.loads((tmp_path / "none" / "metrics.json").read_text())
+    assert m["per_sequence"] == [] and m["segmentation"]["ci95_over"] == "40 frames"
+    assert "too narrow" in m["segmentation"]["ci95_method"]
+
+
 def test_evaluate_external_data_with_negatives(tiny_run, polypgen, tmp_path):
     # PolypGen frames are up to 1920x1080; pick 3 negatives and 3 positives through a split file.
-    import numpy as np
-
     from polypseg.data.layouts import discover
     from polypseg.imageio import read_mask
 
@@ -114,6 +152,10 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
             "no usable image/mask pairs",
         ),
         (["--checkpoint", str(tmp_path / "missing.pt"), "--data", str(cvc_subset)], "checkpoint not found"),
+        (
+            ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--groups", "nope.csv"],
+            "groups file not found: nope.csv",
+        ),
         (
             ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--threshold", "50"],
             "threshold must be in 0..1 (a probability), got 50.0",

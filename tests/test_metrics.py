@@ -10,7 +10,7 @@ import torch
 
 from polypseg import detection
 from polypseg.evaluate import auroc, frame_metrics, hd95, saliency_metrics
-from polypseg.metrics import batch_dice_iou, confusion, dice, iou, threshold_sweep
+from polypseg.metrics import batch_dice_iou, confusion, dice, grouped_bootstrap_ci, iou, threshold_sweep
 
 
 def box(h, w, y0, y1, x0, x1):
@@ -115,3 +115,20 @@ def test_auroc_hand_computed():
     assert auroc(scores, np.array([False, False, True, True])) == 0.0
     assert auroc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
     assert auroc(np.array([0.9, 0.4, 0.6]), np.array([True, True, False])) == 0.5
+
+
+def test_grouped_bootstrap_resamples_whole_sequences():
+    # Two sequences of ten frames, one all 1.0 and one all 0.0: a draw of sequences is AA, AB or BB,
+    # so the interval spans 0..1. Resampling frames independently would give about 0.28..0.72.
+    values = [1.0] * 10 + [0.0] * 10
+    groups = ["a"] * 10 + ["b"] * 10
+    lo, hi = grouped_bootstrap_ci(values, groups)
+    assert (lo, hi) == (0.0, 1.0)
+    lo_f, hi_f = grouped_bootstrap_ci(values, list(range(20)))  # each frame its own group
+    assert 0.2 < lo_f < 0.4 and 0.6 < hi_f < 0.8
+    # Frame-weighted: a big good sequence and a small bad one; NaN frames are left out.
+    values = [0.9] * 30 + [0.3] * 5 + [float("nan")] * 3
+    groups = ["a"] * 30 + ["b"] * 5 + ["c"] * 3
+    lo, hi = grouped_bootstrap_ci(values, groups)
+    assert lo < np.mean(values[:35]) < hi and grouped_bootstrap_ci(values, groups) == (lo, hi)
+    assert all(np.isnan(grouped_bootstrap_ci([0.5, 0.7], ["a", "a"])))

@@ -79,6 +79,10 @@ def test_plan_runs_evaluates_exports_and_goes_on_after_a_failure(cvc_subset, sub
     stats = json.loads((tmp_path / "s.json").read_text())["folds"]["stats"]["Dice@0.5"]
     assert stats["n"] == 2 and abs(stats["mean"] - (dice[0] + dice[1]) / 2) < 1e-12
     assert "| 1 |" in p.stdout  # epochs, from run a's summary.json
+    # The evaluations used the training's groups CSV: the pooled line counts its sequences.
+    pooled = json.loads((tmp_path / "s.json").read_text())["folds"]["pooled"]
+    seqs = {g["sequence"] for g in json.loads((w / "eval_a" / "metrics.json").read_text())["per_sequence"]}
+    assert seqs and pooled["sequences"] == len(seqs) and f"({len(seqs)} sequences)" in p.stdout
 
 
 def test_first_run_failing_stops_the_plan(cvc_subset, subset_groups, tmp_path):

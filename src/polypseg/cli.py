@@ -119,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
         "--split", default="test", help="test (the checkpoint's held-out frames) | all | a split.json"
     )
     ev.add_argument("--out", default="eval", help="output folder")
+    ev.add_argument(
+        "--groups",
+        help="CSV frame,group (video sequence) for data without a built-in table: "
+        "metrics by sequence, intervals that resample sequences",
+    )
     _inference_args(ev)
 
     pr = sub.add_parser(
@@ -268,6 +273,7 @@ def _cmd_evaluate(a) -> int:
         device=a.device,
         batch_size=a.batch_size,
         overwrite=a.overwrite,
+        groups=a.groups,
     )
     return 0
 

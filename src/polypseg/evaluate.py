@@ -25,11 +25,11 @@ from polypseg import atomic, detection
 from polypseg.data.cache import content_fingerprint
 from polypseg.data.download import sha256_of
 from polypseg.data.layouts import discover
-from polypseg.data.splits import Split
+from polypseg.data.splits import NO_GROUPS, Split, load_groups
 from polypseg.data.validate import validate
 from polypseg.errors import PolypsegError
 from polypseg.imageio import read_mask, read_rgb
-from polypseg.metrics import threshold_sweep
+from polypseg.metrics import grouped_bootstrap_ci, threshold_sweep
 from polypseg.predict import Predictor, resolve_checkpoint
 
 SEG_KEYS = [
@@ -154,6 +154,33 @@ def _nanmean(vals) -> float:
     return float(arr.mean()) if len(arr) else float("nan")
 
 
+def _group_key(g: str):
+    return (0, int(g), "") if g.isdigit() else (1, 0, g)
+
+
+def per_group(rows: list[dict]) -> list[dict]:
+    """Metrics of each video sequence: segmentation means over its polyp frames, detection counts."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["group"], []).append(r)
+    out = []
+    for g in sorted(by, key=_group_key):
+        rs = by[g]
+        pos = [r for r in rs if not r["negative"]]
+        tp, fp, fn = (sum(r[k] for r in rs) for k in ("det_tp", "det_fp", "det_fn"))
+        out.append(
+            {
+                "sequence": g,
+                "frames": len(rs),
+                "polyp_frames": len(pos),
+                **{k: _nanmean(r[k] for r in pos) for k in ("dice", "iou", "mdice", "s_measure")},
+                "polyp_recall": tp / (tp + fn) if tp + fn else float("nan"),
+                "fp_per_frame": fp / len(rs),
+            }
+        )
+    return out
+
+
 def evaluate(
     checkpoint: str | None = None,
     data=None,
@@ -170,8 +197,14 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
     quiet: bool = False,
+    groups: str | None = None,
 ) -> dict:
-    """Evaluate a checkpoint on a dataset; write metrics.json, per_image.csv and report.html to `out`."""
+    """Evaluate a checkpoint on a dataset; write metrics.json, per_image.csv and report.html to `out`.
+
+    `groups` is a CSV frame,group (video sequence) for data without a built-in table; with sequences
+    known, the report breaks the metrics down by sequence and the confidence intervals resample
+    whole sequences.
+    """
     from polypseg.predict import overlay
 
     ckpt_path = resolve_checkpoint(checkpoint)
@@ -188,6 +221,8 @@ def evaluate(
     if not pairs:
         raise PolypsegError(f"{dataset.root}: no usable image/mask pairs")
     chosen, split_desc = _choose_pairs(pairs, split, predictor)
+    group_list, group_source = load_groups(dataset, groups)
+    group_of = dict(zip(dataset.names, group_list))
     thr = predictor.threshold
 
     rows, sweeps, det_counts, thumbs = [], [], [], []
@@ -217,6 +252,7 @@ def evaluate(
             det_counts.append(counts)
             row = {
                 "name": pair.name,
+                "group": group_of[pair.name],
                 "file": str(pair.image),
                 "width": rgb.shape[1],
                 "height": rgb.shape[0],
@@ -250,6 +286,18 @@ def evaluate(
     seg = {k: _nanmean(r[k] for r in pos_rows) for k in SEG_KEYS}
     seg["dice_std"] = float(np.std([r["dice"] for r in pos_rows])) if pos_rows else float("nan")
     seg["hd95_undefined_frames"] = sum(1 for r in pos_rows if math.isnan(r["hd95"]))
+    sequences = group_source != NO_GROUPS
+    for k in ("dice", "mdice"):
+        seg[f"{k}_ci95"] = list(
+            grouped_bootstrap_ci([r[k] for r in pos_rows], [r["group"] for r in pos_rows])
+        )
+    n_units = len({r["group"] for r in pos_rows})
+    seg["ci95_over"] = f"{n_units} sequences" if sequences else f"{n_units} frames"
+    seg["ci95_method"] = "percentile bootstrap, 2000 draws, seed 0, resampling " + (
+        "whole sequences"
+        if sequences
+        else "frames (no sequences known; frames of one video are alike, so this interval is too narrow)"
+    )
     det = detection.summarize(det_counts)
     labels = np.array([not r["negative"] for r in rows])
     scores = np.array([r["polyp_present_score"] for r in rows])
@@ -291,7 +339,9 @@ def evaluate(
         "resize_note": f"{resized} of {len(rows)} frames were resized to the network's "
         f"{predictor.width}x{predictor.height} and their probabilities resized back; "
         "metrics are at each frame's original resolution",
+        "groups": group_source,
         "segmentation": seg,
+        "per_sequence": per_group(rows) if sequences else [],
         "detection": det,
         "classification": cls,
         "negatives": negatives,
@@ -336,10 +386,22 @@ def format_table(m: dict) -> str:
         f"  S-measure   {f(s['s_measure'])}   wF-measure  {f(s['wf_measure'])}   mean E-measure {f(s['mean_e_measure'])}"
         f"   max E-measure {f(s['max_e_measure'])}",
         f"  MAE         {f(s['mae'])}   HD95 (px)   {s['hd95']:.1f}",
+        f"  95% interval: Dice@{m['threshold']} {f(s['dice_ci95'][0])}-{f(s['dice_ci95'][1])}   "
+        f"mDice {f(s['mdice_ci95'][0])}-{f(s['mdice_ci95'][1])}   (bootstrap over {s['ci95_over']})"
+        if not math.isnan(s["dice_ci95"][0])
+        else f"  95% interval: n/a (needs two or more, has {s['ci95_over']})",
         "detection per polyp (centroid rule)",
         f"  recall      {f(d['recall'])}   precision   {f(d['precision'])}   F1 {f(d['f1'])}   "
         f"FP/frame {f(d['fp_per_frame'])}",
     ]
+    seqs = [g for g in m.get("per_sequence", []) if g["polyp_frames"]]
+    if len(seqs) > 1:
+        low = sorted(seqs, key=lambda g: g["dice"])[:3]
+        lines.insert(
+            -2,
+            f"  by sequence ({len(seqs)}), lowest Dice@{m['threshold']}: "
+            + ", ".join(f"{g['sequence']} {f(g['dice'])} ({g['polyp_frames']} frames)" for g in low),
+        )
     if c["negatives"]:
         lines.append(f"frame classification ({c['positives']} positive, {c['negatives']} negative frames)")
         lines.append(

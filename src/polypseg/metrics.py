@@ -73,3 +73,28 @@ def threshold_sweep(prob: np.ndarray, gt: np.ndarray, n: int = 256) -> dict[str,
         j = np.where(tp + fp + fn > 0, tp / (tp + fp + fn), 0.0)
     idx = np.linspace(0, 255, n).round().astype(int)
     return {"thresholds": idx / 255.0, "dice": d[idx], "iou": j[idx]}
+
+
+def grouped_bootstrap_ci(
+    values, groups, reps: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile interval of the mean of `values` (per frame) when whole groups are resampled.
+
+    Frames of one video sequence are alike, so resampling frames as if independent gives intervals that
+    are too narrow; this resamples sequences with replacement (the cluster bootstrap) and takes the
+    frame-weighted mean of each draw. scipy.stats.bootstrap resamples observations independently, hence
+    this by hand. NaN values are left out; fewer than two groups give (nan, nan).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    g = np.asarray(groups, dtype=object)
+    keep = ~np.isnan(v)
+    v, g = v[keep], g[keep]
+    labels, inverse = np.unique(g.astype(str), return_inverse=True)
+    if len(labels) < 2:
+        return float("nan"), float("nan")
+    sums = np.bincount(inverse, weights=v, minlength=len(labels))
+    counts = np.bincount(inverse, minlength=len(labels)).astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(labels), size=(reps, len(labels)))
+    means = sums[draws].sum(1) / counts[draws].sum(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

@@ -85,6 +85,25 @@ def write_report(path, metrics: dict, rows: list[dict], thumbs: list, dice_curve
         f"<tr><td>{k}</td><td>{_fmt(cls[k])}</td></tr>"
         for k in ("auroc", "sensitivity", "specificity", "positives", "negatives", "score")
     )
+    seq_rows = "".join(
+        f"<tr><td>{html.escape(g['sequence'])}</td><td>{g['frames']}</td><td>{g['polyp_frames']}</td>"
+        + "".join(f"<td>{_fmt(g[k])}</td>" for k in ("dice", "iou", "mdice", "s_measure", "polyp_recall"))
+        + f"<td>{g['fp_per_frame']:.2f}</td></tr>"
+        for g in sorted(metrics.get("per_sequence", []), key=lambda g: (math.isnan(g["dice"]), g["dice"]))
+    )
+    seq_table = (
+        f"<h2>By video sequence (lowest Dice first)</h2><table><tr><th>sequence</th><th>frames</th>"
+        f"<th>with polyp</th><th>{names['dice']}</th><th>{names['iou']}</th><th>mDice</th><th>S-measure</th>"
+        f"<th>polyp recall</th><th>FP/frame</th></tr>{seq_rows}</table>"
+        if seq_rows
+        else ""
+    )
+    lo, hi = seg["dice_ci95"]
+    interval = (
+        f"<p>95% interval of the mean {names['dice']}: {_fmt(lo)} to {_fmt(hi)}; of mDice: "
+        f"{_fmt(seg['mdice_ci95'][0])} to {_fmt(seg['mdice_ci95'][1])} ({html.escape(seg['ci95_method'])}, "
+        f"over {html.escape(seg['ci95_over'])}).</p>"
+    )
     scored = [(i, r["dice"]) for i, r in enumerate(rows) if "dice" in r]
     scored.sort(key=lambda x: x[1])
     worst, best = scored[:10], scored[-5:][::-1]
@@ -112,6 +131,7 @@ Checkpoint <code>{html.escape(metrics["checkpoint"])}</code> (sha256 {metrics["c
 <table><tr><th>segmentation (mean per image)</th><th></th></tr>{seg_rows}</table>
 <table><tr><th>detection per polyp</th><th></th></tr>{det_rows}</table>
 <table><tr><th>frame classification</th><th></th></tr>{cls_rows}</table>
+{interval}{seq_table}
 <h2>Curves</h2><img src="data:image/png;base64,{dice_png}"> <img src="data:image/png;base64,{pr_png}">
 <h2>Worst frames (image | truth | prediction)</h2>{gallery(worst)}
 <h2>Best frames</h2>{gallery(best)}

@@ -20,6 +20,7 @@ from polypseg.data.layouts import Dataset
 from polypseg.errors import PolypsegError
 
 METHODS = ("group", "frame", "kfold", "none")
+NO_GROUPS = "no groups given: each frame is its own group (pass --groups CSV for video sequences)"
 
 
 def _read_group_csv(lines) -> dict[str, str]:
@@ -56,7 +57,7 @@ def load_groups(dataset: Dataset, groups_csv: str | os.PathLike | None = None) -
         table = cvc_clinicdb_groups()
         if all(n in table for n in names):
             return [table[n] for n in names], "CVC-ClinicDB sequences (built-in table, 29 sequences)"
-    return list(names), "no groups given: each frame is its own group (pass --groups CSV for video sequences)"
+    return list(names), NO_GROUPS
 
 
 @dataclass
