@@ -7,6 +7,7 @@ is found beside the checkpoint the evaluation names, or, for a folder fetched fr
   python benchmarks/summarize.py --folds work/eval_fold{0,1,2,3,4}     # mean +- std over the folds
   python benchmarks/summarize.py --by-sequence --folds work/eval_fold{0,1,2,3,4}   # + a row per sequence
   python benchmarks/summarize.py work/eval_random work/eval_fold0 work/eval_unet   # one row each
+  python benchmarks/summarize.py --folds new/eval{0,1} --baseline old/eval{0,1}  # paired difference, same frames
 (--folds takes every folder after it: give the one-row folders first, or in a second call.)
 """
 
@@ -77,6 +78,48 @@ def row(m: dict) -> list[str]:
     return cells
 
 
+def interval(ci, sign: str = "") -> str:
+    lo, hi = ci
+    if math.isnan(lo):
+        return "no interval: one sequence"
+    return f"95% interval {lo:{sign}.3f} to {hi:{sign}.3f}"
+
+
+def polyp_rows(dirs: list[Path]) -> dict[str, dict]:
+    """Frame name -> per_image.csv row, frames with a polyp only, over several evaluation folders."""
+    return {
+        r["name"]: r
+        for d in dirs
+        for r in csv.DictReader(open(d / "per_image.csv"))
+        if r["negative"] == "False"
+    }
+
+
+def paired(folds: list[dict], baseline: list[Path]) -> tuple[str, dict]:
+    """Mean per-frame difference to a baseline evaluated on the same frames, with a sequence bootstrap."""
+    a, b = polyp_rows([m["dir"] for m in folds]), polyp_rows(baseline)
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise SystemExit("summarize.py: --baseline and --folds have no frame in common")
+    group = lambda n: a[n].get("group") or b[n].get("group")  # noqa: E731 (either side may name it)
+    known = all(group(n) for n in common)
+    groups = [group(n) if known else n for n in common]
+    out = {"frames": len(common), "of": [len(a), len(b)], "sequences": len(set(groups))}
+    for key in ("dice", "mdice"):
+        diff = [float(a[n][key]) - float(b[n][key]) for n in common]
+        out[key] = {"mean": statistics.fmean(diff), "ci95": grouped_bootstrap_ci(diff, groups)}
+    d, md = out["dice"], out["mdice"]
+    unit = f"{out['sequences']} sequences" if known else f"{len(common)} frames (no sequences: too narrow)"
+    text = (
+        f"Against the baseline on the same {len(common)} frames with a polyp ({unit}; "
+        f"of {len(a)} and {len(b)}): Dice@0.5 **{d['mean']:+.4f}** ({interval(d['ci95'], '+')}), "
+        f"mDice **{md['mean']:+.4f}** ({interval(md['ci95'], '+')}); "
+        "paired bootstrap resampling whole sequences, 2000 draws. The interval covers the choice of test "
+        "frames, not the training seed."
+    )
+    return text, out
+
+
 def pooled(folds: list[dict], by_sequence: bool) -> tuple[str, dict]:
     """The folds' held-out frames together: frame means with intervals that resample whole sequences."""
     rows = []
@@ -94,8 +137,7 @@ def pooled(folds: list[dict], by_sequence: bool) -> tuple[str, dict]:
     d, md = out["dice"], out["mdice"]
     text = (
         f"Pooled over the {len(folds)} folds' {len(pos)} held-out frames with a polyp ({out['sequences']} sequences): "
-        f"Dice@0.5 **{d['mean']:.4f}** (95% interval {d['ci95'][0]:.3f}-{d['ci95'][1]:.3f}), "
-        f"mDice **{md['mean']:.4f}** ({md['ci95'][0]:.3f}-{md['ci95'][1]:.3f}); "
+        f"Dice@0.5 **{d['mean']:.4f}** ({interval(d['ci95'])}), mDice **{md['mean']:.4f}** ({interval(md['ci95'])}); "
         "percentile bootstrap resampling whole sequences, 2000 draws."
     )
     if by_sequence:
@@ -129,10 +171,19 @@ def main() -> int:
     ap.add_argument(
         "--by-sequence", action="store_true", help="with --folds: a row per video sequence, lowest Dice first"
     )
+    ap.add_argument(
+        "--baseline",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="with --folds: evaluations of a baseline on the same frames; prints the paired difference",
+    )
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     if not a.evals and not a.folds:
         ap.error("give evaluation folders")
+    if a.baseline and not a.folds:
+        ap.error("--baseline compares with the --folds evaluations: give both")
     header = ["run"] + [c[0] for c in COLUMNS] + [t[0] for t in TRAIN] + ["to 0.85", "to 0.90"]
     out: dict = {}
     runs = [load(p) for p in a.folds + a.evals]
@@ -161,6 +212,11 @@ def main() -> int:
         out["folds"] = {"runs": [m["name"] for m in folds], "stats": stats}
         text, out["folds"]["pooled"] = pooled(folds, a.by_sequence)
         if text:
+            print("\n" + text)
+        if a.baseline:
+            for d in a.baseline:
+                load(d)  # the same one-line error for a folder that is not an evaluation
+            text, out["folds"]["vs_baseline"] = paired(folds, a.baseline)
             print("\n" + text)
     if a.evals:
         print()

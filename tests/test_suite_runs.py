@@ -4,6 +4,7 @@ a failing run that does not stop the plan, and a failing first run that does."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -83,6 +84,21 @@ def test_plan_runs_evaluates_exports_and_goes_on_after_a_failure(cvc_subset, sub
     pooled = json.loads((tmp_path / "s.json").read_text())["folds"]["pooled"]
     seqs = {g["sequence"] for g in json.loads((w / "eval_a" / "metrics.json").read_text())["per_sequence"]}
     assert seqs and pooled["sequences"] == len(seqs) and f"({len(seqs)} sequences)" in p.stdout
+
+    # Paired: the pruned head against the full model on the same frames.
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "summarize.py"), "--json", str(tmp_path / "p.json")]
+    p = subprocess.run(cmd + ["--folds", evals[1], "--baseline", evals[0]], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    vs = json.loads((tmp_path / "p.json").read_text())["folds"]["vs_baseline"]
+    lo, hi = vs["dice"]["ci95"]
+    assert abs(vs["dice"]["mean"] - (dice[1] - dice[0])) < 1e-9 and vs["sequences"] == len(seqs) == 1
+    assert math.isnan(lo) and "Against the baseline on the same" in p.stdout and "one sequence" in p.stdout
+    p = subprocess.run(
+        cmd + ["--folds", evals[1], "--baseline", str(tmp_path)], capture_output=True, text=True
+    )
+    assert p.returncode == 1 and p.stderr.strip().endswith(
+        "has no metrics.json (not a folder polypseg evaluate wrote)"
+    )
 
 
 def test_first_run_failing_stops_the_plan(cvc_subset, subset_groups, tmp_path):
