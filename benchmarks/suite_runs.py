@@ -123,7 +123,6 @@ def main() -> int:
             cmd = [sys.executable, "-m", "polypseg", "evaluate", "--checkpoint", str(work / name / "best.pt")]
             cmd += ["--data", a.data, "--split", "test", "--device", a.device, "--batch-size", "32"]
             cmd += ["--out", str(work / f"eval_{name}{'_' + tag if tag else ''}"), "--overwrite", *extra]
-            cmd += ["--groups", str(cfg.data.groups)] if cfg.data.groups else []  # metrics by sequence
             log(f"evaluating in the background: {shlex.join(cmd[3:])}")
             evals.append((name, subprocess.Popen(cmd, stdout=sys.stdout, stderr=subprocess.STDOUT)))
     for name, p in evals:

@@ -52,7 +52,9 @@ def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     # The report is one self-contained HTML file with its images inside.
     p = _Images()
     p.feed((out / "report.html").read_text())
-    assert p.tables == 3 and len(p.srcs) >= 3 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    assert (
+        p.tables == 4 and len(p.srcs) >= 3
+    )  # 3 metric tables, 1 by sequence (the training's CSV) and all(s.startswith("data:image/png;base64,") for s in p.srcs)
     # Outputs are as readable as anything else the user creates (the temp folder was 0700).
     assert (out.stat().st_mode & 0o777) == plain_mode(is_dir=True)
 
@@ -90,10 +92,11 @@ def test_evaluate_by_sequence(tiny_run, cvc, cvc_subset, tmp_path, capsys):
     )
     m = json.loads((tmp_path / "g" / "metrics.json").read_text())
     assert [g["sequence"] for g in m["per_sequence"]] == ["0", "1"] and m["frames"] == 40
-    assert cli("evaluate", tiny_run / "best.pt", *sub, "--out", tmp_path / "none") == 0
-    m = json.loads((tmp_path / "none" / "metrics.json").read_text())
-    assert m["per_sequence"] == [] and m["segmentation"]["ci95_over"] == "40 frames"
-    assert "too narrow" in m["segmentation"]["ci95_method"]
+    # Without --groups: the CSV the checkpoint was trained with (it names every frame of this data).
+    assert cli("evaluate", tiny_run / "best.pt", *sub, "--out", tmp_path / "own") == 0
+    m = json.loads((tmp_path / "own" / "metrics.json").read_text())
+    assert [g["sequence"] for g in m["per_sequence"]] == ["1", "2", "3", "5"]
+    assert m["groups"].endswith("(the checkpoint's training config)")
 
 
 def test_evaluate_external_data_with_negatives(tiny_run, polypgen, tmp_path):
@@ -129,6 +132,9 @@ def test_evaluate_external_data_with_negatives(tiny_run, polypgen, tmp_path):
     rows = {r["name"]: r for r in csv.DictReader(open(out / "per_image.csv"))}
     assert all(rows[n]["dice"] == "" for n in neg) and all(rows[n]["dice"] != "" for n in pos)
     assert np.isfinite(m["segmentation"]["dice"])
+    # No sequences known for these frames (the training CSV does not name them): each frame stands alone.
+    assert m["per_sequence"] == [] and m["segmentation"]["ci95_over"] == "3 frames"
+    assert "too narrow" in m["segmentation"]["ci95_method"]
 
 
 def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):

@@ -121,8 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="eval", help="output folder")
     ev.add_argument(
         "--groups",
-        help="CSV frame,group (video sequence) for data without a built-in table: "
-        "metrics by sequence, intervals that resample sequences",
+        help="CSV frame,group (video sequences) for data without a built-in table; default: the "
+        "training's CSV if it names every frame. Gives metrics by sequence and intervals over sequences",
     )
     _inference_args(ev)
 

@@ -142,6 +142,18 @@ def _choose_pairs(pairs, split: str, predictor: Predictor):
     return chosen, f"val frames of {split}"
 
 
+def _load_groups(dataset, groups: str | None, meta: dict) -> tuple[list[str], str]:
+    """--groups, else the groups CSV the checkpoint was trained with if it covers this data, else the default."""
+    trained_with = ((meta.get("config") or {}).get("data") or {}).get("groups")
+    if groups is None and trained_with and Path(trained_with).is_file():
+        try:
+            found, source = load_groups(dataset, trained_with)
+            return found, f"{source} (the checkpoint's training config)"
+        except PolypsegError:
+            pass  # that table does not name every frame of this data
+    return load_groups(dataset, groups)
+
+
 def _thumb(rgb: np.ndarray, width: int = 320) -> np.ndarray:
     h = max(1, round(rgb.shape[0] * width / rgb.shape[1]))
     return cv2.resize(rgb, (width, h), interpolation=cv2.INTER_AREA)
@@ -201,8 +213,8 @@ def evaluate(
 ) -> dict:
     """Evaluate a checkpoint on a dataset; write metrics.json, per_image.csv and report.html to `out`.
 
-    `groups` is a CSV frame,group (video sequence) for data without a built-in table; with sequences
-    known, the report breaks the metrics down by sequence and the confidence intervals resample
+    `groups` is a CSV frame,group (video sequence) for data without a built-in table (default: the one
+    the checkpoint was trained with, if it names every frame); with sequences known, the report breaks the metrics down by sequence and the confidence intervals resample
     whole sequences.
     """
     from polypseg.predict import overlay
@@ -221,7 +233,7 @@ def evaluate(
     if not pairs:
         raise PolypsegError(f"{dataset.root}: no usable image/mask pairs")
     chosen, split_desc = _choose_pairs(pairs, split, predictor)
-    group_list, group_source = load_groups(dataset, groups)
+    group_list, group_source = _load_groups(dataset, groups, predictor.meta)
     group_of = dict(zip(dataset.names, group_list))
     thr = predictor.threshold
 
