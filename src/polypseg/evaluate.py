@@ -214,8 +214,8 @@ def evaluate(
     """Evaluate a checkpoint on a dataset; write metrics.json, per_image.csv and report.html to `out`.
 
     `groups` is a CSV frame,group (video sequence) for data without a built-in table (default: the one
-    the checkpoint was trained with, if it names every frame); with sequences known, the report breaks the metrics down by sequence and the confidence intervals resample
-    whole sequences.
+    the checkpoint was trained with, if it names every frame). With sequences known, the metrics are
+    also given by sequence and the confidence intervals resample whole sequences.
     """
     from polypseg.predict import overlay
 
@@ -304,7 +304,8 @@ def evaluate(
             grouped_bootstrap_ci([r[k] for r in pos_rows], [r["group"] for r in pos_rows])
         )
     n_units = len({r["group"] for r in pos_rows})
-    seg["ci95_over"] = f"{n_units} sequences" if sequences else f"{n_units} frames"
+    unit = "sequence" if sequences else "frame"
+    seg["ci95_over"] = f"{n_units} {unit}{'s' if n_units != 1 else ''}"
     seg["ci95_method"] = "percentile bootstrap, 2000 draws, seed 0, resampling " + (
         "whole sequences"
         if sequences
