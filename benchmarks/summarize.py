@@ -122,15 +122,11 @@ def paired(folds: list[dict], baseline: list[Path]) -> tuple[str, dict]:
 
 def pooled(folds: list[dict], by_sequence: bool) -> tuple[str, dict]:
     """The folds' held-out frames together: frame means with intervals that resample whole sequences."""
-    rows = []
-    for m in folds:
-        for r in csv.DictReader(open(m["dir"] / "per_image.csv")):
-            rows.append({**r, "fold": m["name"]})
-    if not rows or "group" not in rows[0] or not folds[0].get("per_sequence"):
-        return "", {}
-    pos = [r for r in rows if r["negative"] == "False"]
+    if not all(m.get("per_sequence") for m in folds):
+        return "", {}  # evaluated without sequences (or before polypseg knew them)
+    pos = list(polyp_rows([m["dir"] for m in folds]).values())
     groups = [r["group"] for r in pos]
-    out = {"frames": len(rows), "polyp_frames": len(pos), "sequences": len(set(groups))}
+    out = {"frames": sum(m["frames"] for m in folds), "polyp_frames": len(pos), "sequences": len(set(groups))}
     for key in ("dice", "mdice"):
         vals = [float(r[key]) for r in pos]
         out[key] = {"mean": statistics.fmean(vals), "ci95": grouped_bootstrap_ci(vals, groups)}
