@@ -52,9 +52,8 @@ def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     # The report is one self-contained HTML file with its images inside.
     p = _Images()
     p.feed((out / "report.html").read_text())
-    assert (
-        p.tables == 4 and len(p.srcs) >= 3
-    )  # 3 metric tables, 1 by sequence (the training's CSV) and all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    # Three metric tables and one by sequence (the training's groups CSV names these frames).
+    assert p.tables == 4 and len(p.srcs) >= 3 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
     # Outputs are as readable as anything else the user creates (the temp folder was 0700).
     assert (out.stat().st_mode & 0o777) == plain_mode(is_dir=True)
 
@@ -83,7 +82,7 @@ def test_evaluate_by_sequence(tiny_run, cvc, cvc_subset, tmp_path, capsys):
     p.feed((out / "report.html").read_text())
     assert p.tables == 4  # the three metric tables and the one by sequence
 
-    # Data without a table: --groups names them; without it each frame stands alone.
+    # Data without a built-in table: --groups names the sequences.
     (tmp_path / "g.csv").write_text("frame,sequence\n" + "".join(f"{n},{n % 2}\n" for n in range(1, 100)))
     sub = ("--data", cvc_subset, "--split", "all", "--device", "cpu")
     assert (
