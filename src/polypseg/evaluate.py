@@ -309,7 +309,7 @@ def evaluate(
     seg["ci95_method"] = "percentile bootstrap, 2000 draws, seed 0, resampling " + (
         "whole sequences"
         if sequences
-        else "frames (no sequences known; frames of one video are alike, so this interval is too narrow)"
+        else "frames (no sequences known: if several frames come from one video, this interval is too narrow)"
     )
     det = detection.summarize(det_counts)
     labels = np.array([not r["negative"] for r in rows])
