@@ -170,24 +170,23 @@ def _group_key(g: str):
     return (0, int(g), "") if g.isdigit() else (1, 0, g)
 
 
-def per_group(rows: list[dict]) -> list[dict]:
-    """Metrics of each video sequence: segmentation means over its polyp frames, detection counts."""
-    by: dict[str, list[dict]] = {}
-    for r in rows:
-        by.setdefault(r["group"], []).append(r)
+def per_group(rows: list[dict], det_counts: list) -> list[dict]:
+    """Metrics of each video sequence: segmentation means over its polyp frames, detection per polyp."""
+    by: dict[str, list[tuple[dict, object]]] = {}
+    for r, c in zip(rows, det_counts):
+        by.setdefault(r["group"], []).append((r, c))
     out = []
     for g in sorted(by, key=_group_key):
-        rs = by[g]
-        pos = [r for r in rs if not r["negative"]]
-        tp, fp, fn = (sum(r[k] for r in rs) for k in ("det_tp", "det_fp", "det_fn"))
+        pos = [r for r, _ in by[g] if not r["negative"]]
+        det = detection.summarize([c for _, c in by[g]])
         out.append(
             {
                 "sequence": g,
-                "frames": len(rs),
+                "frames": len(by[g]),
                 "polyp_frames": len(pos),
                 **{k: _nanmean(r[k] for r in pos) for k in ("dice", "iou", "mdice", "s_measure")},
-                "polyp_recall": tp / (tp + fn) if tp + fn else float("nan"),
-                "fp_per_frame": fp / len(rs),
+                "polyp_recall": det["recall"],
+                "fp_per_frame": det["fp_per_frame"],
             }
         )
     return out
@@ -354,7 +353,7 @@ def evaluate(
         "metrics are at each frame's original resolution",
         "groups": group_source,
         "segmentation": seg,
-        "per_sequence": per_group(rows) if sequences else [],
+        "per_sequence": per_group(rows, det_counts) if sequences else [],
         "detection": det,
         "classification": cls,
         "negatives": negatives,
