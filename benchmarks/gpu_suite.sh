@@ -2,7 +2,8 @@
 # Every GPU number of the project in one call: training-step speed-ups, time-to-Dice, grouped 5-fold CV,
 # random split, U-Net vs UNet++ (and pruned heads), the bundled models, GPU latency/throughput.
 # Usage: OUT=out/gpu DATA=/path/to/datasets bash benchmarks/gpu_suite.sh [quick]
-# Writes $OUT/suite.log, $OUT/results.tgz (all JSON/CSV/PNG), the bundled models' weights.
+# Writes $OUT/suite.log, $OUT/results.tgz (all JSON/CSV/PNG), the bundled models' weights; the run folders
+# go to WORK (default $OUT/work; on a GPU machine a folder outside $OUT, which returns only 8 files).
 # Results are packed after every stage and every training run, so a time-out still returns what finished.
 # Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET; FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
 # SKIP="throughput conventional bench" leaves out stages already measured. GRAPH=auto|on|off: whether the
@@ -17,8 +18,11 @@ set -u
 OUT=${OUT:-out/gpu}
 DATA=${DATA:-../shared/datasets}
 QUICK=${1:-}
-W=$OUT/work
-mkdir -p "$W"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+# Run folders (checkpoints, CSVs, reports) stay outside $OUT: a GPU machine returns only a few files from
+# there, so $OUT holds just suite.log, results.tgz and the exported weights.
+W=${WORK:-$OUT/work}
+mkdir -p "$W" && W=$(cd "$W" && pwd)
 LOG=$OUT/suite.log
 export POLYPSEG_DATA=$DATA POLYPSEG_CACHE=${POLYPSEG_CACHE:-/tmp/polypseg-cache} PYTHONUNBUFFERED=1
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
@@ -30,7 +34,8 @@ COMMON="--preset full --set optim.epochs=1000 --set ema=0.99 --set data.height=$
 PY=${PY:-python3}
 T_RANDOM=${T_RANDOM:-90} T_FOLD=${T_FOLD:-50} T_FULL=${T_FULL:-90} T_FAST=${T_FAST:-30} T_UNET=${T_UNET:-50}
 FOLDS=${FOLDS:-0 1 2 3 4} ONLY=${ONLY:-} SKIP=${SKIP:-conventional bench}
-DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" BENCH="--iters 50" VARIANTS=${VARIANTS:-b64,graph}
+# The inference benchmark times PyTorch on the GPU; ONNX Runtime's CPU rows belong to the 2-core machine.
+DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" BENCH="--iters 50 --no-onnx" VARIANTS=${VARIANTS:-b64,graph}
 LOOP_VARIANTS=${LOOP_VARIANTS:-graph}
 FAST_SIZE='"model.width=16", "data.height=64", "data.width=80"' NATIVE='"data.height=288", "data.width=384"'
 if [ "$QUICK" = quick ]; then  # a CPU dry run of the script itself, tiny sizes
@@ -41,10 +46,12 @@ if [ "$QUICK" = quick ]; then  # a CPU dry run of the script itself, tiny sizes
 fi
 START=$(date +%s)
 log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
-# Reports embed images (~3 MB each): only fold 0's and the random split's travel back.
-pack() { (cd "$W" && tar czf ../results.tgz --exclude='*.pt' --exclude='*.tmp*' --exclude='./.*' \
-  $(ls -d */report.html 2>/dev/null | grep -v -E '^eval_(fold0|random)/' | sed 's/^/--exclude=/') .) 2>/dev/null; }
-export -f pack; export W
+# Reports embed images (~3.5 MB each, and a returned file may hold 16 MiB): only the reports of fold 0
+# and of the random split travel back.
+pack() { (cd "$W" && tar czf "$OUT/results.tgz.tmp" --exclude='*.pt' --exclude='*.tmp*' --exclude='./.*' \
+  $(ls -d */report.html 2>/dev/null | grep -v -x -E 'eval_(fold0|random)/report.html' | sed 's/^/--exclude=/') . \
+  && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz") 2>/dev/null; }
+export -f pack; export W OUT
 stage() { local name=$1; shift; log "stage $name: $*"; if "$@" >>"$LOG" 2>&1; then log "stage $name ok"; else log "stage $name FAILED"; fi; pack; }
 skip() { case " $SKIP " in *" $1 "*) log "stage $1 skipped"; return 0;; esac; return 1; }
 
