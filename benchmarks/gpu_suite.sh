@@ -7,10 +7,12 @@
 # Results are packed after every stage and every training run, so a time-out still returns what finished.
 # Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET; FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
 # SKIP="throughput conventional bench" leaves out stages already measured. GRAPH=auto|on|off: whether the
-# training runs capture their step in a CUDA graph (auto: if the throughput stage measured it faster).
-# A 15-minute GPU window allows 10 minutes per call, so the defaults run in two calls (~6 + ~5 minutes):
-#   ONLY=random,fold0,fold0_native,full,fold1 bash benchmarks/gpu_suite.sh
-#   ONLY=fold2,fold3,fold4,fast,unet SKIP="throughput conventional bench" GRAPH=<what call 1 logged> bash ...
+# training runs capture their step in a CUDA graph (auto: if it ran 5% faster in the loop at their size).
+# A 15-minute GPU window (start-up included) fits two calls back to back; the machine stays warm ~30 s
+# between them. Measured on an H200 (2026-11-28): call 1 408 s, call 2 248 s, 709 s held in all:
+#   ONLY=random,fold0,full,fold1 SKIP=bench WORK=/tmp/suite bash benchmarks/gpu_suite.sh
+#   ONLY=fold2,fold3,fold4,fast,unet SKIP="throughput conventional" GRAPH=<what call 1 logged> WORK=/tmp/suite2 bash ...
+# (the training-size throughput stage adds ~40 s to call 1; fold0_native, fold 0 at 288x384, needs a third.)
 # Input size HW="96 128" (default) for every run; fold0_native repeats fold 0 at CVC's own 288x384. On the
 # CPU, short budgets favoured small inputs by far (RESULTS.md section f: 64x80 0.741, 96x128 0.655,
 # 160x208 0.458 Dice in 10 minutes): more epochs, and a receptive field that spans the polyp.
@@ -32,17 +34,17 @@ COMMON="--preset full --set optim.epochs=1000 --set ema=0.99 --set data.height=$
 # A copy laid out as images/ + masks/ (no space in folder names, for transfers) brings its sequence table.
 [ -f "$CVC/sequences.csv" ] && [ -d "$CVC/images" ] && COMMON="$COMMON --set data.groups=$CVC/sequences.csv"
 PY=${PY:-python3}
-T_RANDOM=${T_RANDOM:-90} T_FOLD=${T_FOLD:-50} T_FULL=${T_FULL:-90} T_FAST=${T_FAST:-30} T_UNET=${T_UNET:-50}
+T_RANDOM=${T_RANDOM:-90} T_FOLD=${T_FOLD:-40} T_FULL=${T_FULL:-90} T_FAST=${T_FAST:-30} T_UNET=${T_UNET:-40}
 FOLDS=${FOLDS:-0 1 2 3 4} ONLY=${ONLY:-} SKIP=${SKIP:-conventional bench}
 # The inference benchmark times PyTorch on the GPU; ONNX Runtime's CPU rows belong to the 2-core machine.
-DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" BENCH="--iters 50 --no-onnx" VARIANTS=${VARIANTS:-b64,graph}
+DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" TT="--width 32 --size $HW" BENCH="--iters 50 --no-onnx" VARIANTS=${VARIANTS:-b64,graph}
 LOOP_VARIANTS=${LOOP_VARIANTS:-graph}
 FAST_SIZE='"model.width=16", "data.height=64", "data.width=80"' NATIVE='"data.height=288", "data.width=384"'
 if [ "$QUICK" = quick ]; then  # a CPU dry run of the script itself, tiny sizes
   T_RANDOM=4 T_FOLD=3 T_FULL=3 T_FAST=3 T_UNET=3 BENCH_S=1 DEV=cpu VARIANTS=b32
   COMMON="$COMMON --set data.height=64 --set data.width=80 --set model.width=4"
   FAST_SIZE='"model.width=4", "data.height=48", "data.width=64"' NATIVE='"data.height=64", "data.width=96"'
-  TP="--width 4 --size 64 80" BENCH="--iters 2 --height 64 --width 80 --no-onnx"
+  TP="--width 4 --size 64 80" TT="--width 4 --size 64 80" BENCH="--iters 2 --height 64 --width 80 --no-onnx"
 fi
 START=$(date +%s)
 log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
@@ -63,11 +65,16 @@ CONV=""; case " $SKIP " in *" conventional "*) CONV="--skip conventional";; esac
 skip throughput || stage throughput $PY benchmarks/train_throughput.py --data "$CVC" --device $DEV $TP --batch 16 \
   --seconds $BENCH_S --workers 8 --backends torch --variants $VARIANTS --loop-variants "$LOOP_VARIANTS" $CONV \
   --json "$W/train_throughput.json"
-# The training runs use the CUDA-graph step if it ran and beat the eager loop by 5% just above (GRAPH=auto),
-# or as told (GRAPH=on|off: a second call must match the first, or its folds train at another speed).
+# The same at the training runs' own size: at 256x256 the step is compute-bound and a CUDA graph gained 3%
+# on an H200, while at 96x128 per-kernel overhead dominates (NOTES.md 19), so the choice is made here.
+skip throughput || stage throughput_train $PY benchmarks/train_throughput.py --data "$CVC" --device $DEV $TT \
+  --batch 16 --seconds $BENCH_S --backends torch --variants graph --loop-variants graph --skip conventional \
+  --json "$W/train_throughput_train.json"
+# The training runs use the CUDA-graph step if it ran and beat the eager loop by 5% at their size just above
+# (GRAPH=auto), or as told (GRAPH=on|off: a second call must match the first, or its folds train at another speed).
 GRAPH=${GRAPH:-auto}
 if [ "$GRAPH" = on ] || { [ "$GRAPH" = auto ] && $PY -c 'import json, sys; r = json.load(open(sys.argv[1])); g = r.get("loop_variants", {}).get("graph", {})
-sys.exit(0 if g.get("img_s", 0) > 1.05 * r.get("polypseg_torch_img_s", 1e9) else 1)' "$W/train_throughput.json" 2>/dev/null; }
+sys.exit(0 if g.get("img_s", 0) > 1.05 * r.get("polypseg_torch_img_s", 1e9) else 1)' "$W/train_throughput_train.json" 2>/dev/null; }
 then COMMON="$COMMON --set cuda_graph=true"; log "training runs use cuda_graph=true (GRAPH=$GRAPH)"
 else log "training runs use the eager step (GRAPH=$GRAPH)"; fi
 
