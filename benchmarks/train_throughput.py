@@ -253,6 +253,13 @@ def main():
         help=f"the same in the polypseg loop, comma-separated: {','.join(LOOP_VARIANTS)}",
     )
     ap.add_argument("--skip", default="", help="parts to leave out, comma-separated: loop,conventional")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every polypseg-loop run, e.g. ema=0.99 to time the loop as a recipe trains",
+    )
     ap.add_argument("--json", default="benchmarks/results/train_throughput.json")
     a = ap.parse_args()
     unknown = [v for v in a.variants.split(",") if v and v not in VARIANTS]
@@ -272,6 +279,7 @@ def main():
         "size": list(size),
         "batch": a.batch,
         "amp_bf16": (not a.no_amp) and device.type == "cuda",
+        "loop_overrides": a.set,
     }
     print(f"device: {res['device']}; unetpp width {a.width} at {size[0]}x{size[1]}, batch {a.batch}")
     res["network_alone_img_s"] = round(
@@ -284,7 +292,7 @@ def main():
         )
     skip = set(a.skip.split(","))
     for backend in a.backends.split(",") if "loop" not in skip else []:
-        v = ours(data, a.device, a.width, size, a.batch, a.seconds, not a.no_amp, backend)
+        v = ours(data, a.device, a.width, size, a.batch, a.seconds, not a.no_amp, backend, a.set)
         res[f"polypseg_{backend}_img_s"] = round(v, 1)
         print(f"  polypseg loop (augment: {backend:7s}):     {v:8.1f} img/s")
     for name in [v for v in a.loop_variants.split(",") if v]:
@@ -293,7 +301,8 @@ def main():
         try:
             if "cuda_graph=true" in opts.get("sets", ()) and device.type != "cuda":
                 raise RuntimeError("CUDA graphs need a CUDA device (the loop would run eagerly)")
-            v = ours(data, a.device, a.width, size, b, a.seconds, not a.no_amp, "torch", opts.get("sets", ()))
+            sets = [*a.set, *opts.get("sets", ())]
+            v = ours(data, a.device, a.width, size, b, a.seconds, not a.no_amp, "torch", sets)
             res.setdefault("loop_variants", {})[name] = {"batch": b, "img_s": round(v, 1)}
             print(f"  polypseg loop, {name:15s} (batch {b:3d}):   {v:8.1f} img/s")
         except Exception as e:  # recorded, like the network-alone variants

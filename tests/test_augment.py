@@ -34,3 +34,19 @@ def test_deterministic_and_in_range(batch):
     b = BatchAugment(AugmentConfig(), torch.device("cpu"), seed=7)(x, y)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert a[0].min() >= 0 and a[0].max() <= 255 and set(a[1].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_hue_turns_colour_around_the_grey_axis(batch):
+    # A hue rotation in YIQ keeps each pixel's luma: a wrong inverse or matrix order would not.
+    from polypseg.data.augment import colour
+
+    x, _ = batch
+    cfg = AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0.25)
+    img = x.float()
+    out = colour(img.clone(), cfg, torch.Generator().manual_seed(3))
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    inside = ((out > 0) & (out < 255)).all(1, keepdim=True)  # pixels the final clamp left alone
+    assert inside.float().mean() > 0.5
+    diff = ((out - img) * luma).sum(1, keepdim=True)[inside]
+    assert diff.abs().max() < 0.05
+    assert (out - img).abs().mean() > 1  # and the colours did turn

@@ -29,6 +29,7 @@ from polypseg.data.layouts import discover
 from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
 from polypseg.data.validate import validate
 from polypseg.devices import device_name
+from polypseg.ema import WeightEMA
 from polypseg.errors import PolypsegError
 from polypseg.losses import seg_loss
 from polypseg.metrics import batch_dice_iou
@@ -297,9 +298,7 @@ def _train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch, budget))
     ema = None
     if cfg.ema > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        ema = WeightEMA(model, cfg.ema)
     sample_gen = torch.Generator(device=device)
     sample_gen.manual_seed(cfg.seed)  # identical on every rank: all ranks slice the same permutation
     augment = BatchAugment(cfg.augment, device, seed=cfg.seed + 1000 * info.rank)
@@ -404,7 +403,7 @@ def _train(
             loss = step(x, y)
             sched.step()
             if ema is not None:
-                ema.update_parameters(model)
+                ema.update(model)
             loss_sum += loss
         epoch_loss = loss_sum.item() / steps_per_epoch  # the one host sync of the epoch
         dt = time.perf_counter() - t0

@@ -8,6 +8,7 @@ AugmentationSequential. benchmarks/augment_speed.py compares them (see benchmark
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -16,8 +17,17 @@ import torch.nn.functional as F
 from polypseg.config import AugmentConfig
 
 # RGB -> YIQ; hue is a rotation of the I/Q plane.
-_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
+_YIQ = torch.tensor(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
+)
+_LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+
+
+@functools.cache
+def _constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(luma, YIQ, inverse YIQ) on the device, made once: a copy from the host, or `linalg.inv` on a GPU
+    (which checks its result), would make every batch wait for the GPU to finish the previous step."""
+    return tuple(t.to(device, dtype) for t in (_LUMA.view(1, 3, 1, 1), _YIQ, torch.linalg.inv(_YIQ)))
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
@@ -61,7 +71,7 @@ def colour(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.T
     b = img.shape[0]
     dev = img.device
     view = (b, 1, 1, 1)
-    luma = _LUMA.to(dev, img.dtype).view(1, 3, 1, 1)
+    luma, yiq, yiq_inv = _constants(dev, img.dtype)
     img = img * _uniform(b, 1 - cfg.brightness, 1 + cfg.brightness, g, dev).view(view)
     grey = (img * luma).sum(1, keepdim=True)
     c = _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, g, dev).view(view)
@@ -71,12 +81,11 @@ def colour(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.T
     img = grey + (img - grey) * s
     if cfg.hue > 0:
         phi = _uniform(b, -cfg.hue, cfg.hue, g, dev) * (2 * math.pi)
-        yiq = _YIQ.to(dev, img.dtype)
         rot = torch.zeros(b, 3, 3, device=dev, dtype=img.dtype)
         rot[:, 0, 0] = 1
         rot[:, 1, 1], rot[:, 1, 2] = torch.cos(phi), -torch.sin(phi)
         rot[:, 2, 1], rot[:, 2, 2] = torch.sin(phi), torch.cos(phi)
-        mat = torch.linalg.inv(yiq) @ rot @ yiq  # (B, 3, 3) in RGB
+        mat = yiq_inv @ rot @ yiq  # (B, 3, 3) in RGB
         img = torch.einsum("bij,bjhw->bihw", mat, img)
     return img.clamp_(0, 255)
 
