@@ -3,7 +3,8 @@
 The "torch" backend composes flips, 90-degree turns, scale, rotation and shift into one affine
 matrix per sample and warps image and mask together with a single `grid_sample` call; colour
 jitter is a few broadcast tensor ops. The "kornia" backend does the same with kornia's
-AugmentationSequential. benchmarks/augment_speed.py compares them (see benchmarks/NOTES.md).
+AugmentationSequential. `benchmarks/train_throughput.py --backends torch,kornia` compares them in the
+training loop (benchmarks/NOTES.md 2).
 """
 
 from __future__ import annotations
