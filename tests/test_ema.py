@@ -56,3 +56,13 @@ def test_checkpoints_load_both_ways():
     back = AveragedModel(create_model("unetpp", width=4), use_buffers=True)
     back.load_state_dict(ours.state_dict())
     assert int(back.n_averaged) == 3
+
+
+def test_model_without_counters():
+    lin = torch.nn.Linear(3, 2)
+    ema = WeightEMA(lin, 0.5)
+    ema.update(lin)
+    with torch.no_grad():
+        lin.weight.add_(2.0)
+    ema.update(lin)
+    torch.testing.assert_close(ema.module.weight, lin.weight - 1.0)  # halfway between old and new

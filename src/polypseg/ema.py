@@ -22,7 +22,7 @@ class WeightEMA:
         self.module.requires_grad_(False)
         self.decay = decay
         self.updates = 0
-        self._paired: tuple | None = None  # (model, ema floats, model floats, other pairs), made once
+        self._paired: tuple | None = None  # (model, ema floats, model floats, ema others, model others)
 
     def _pairs(self, model: torch.nn.Module):
         if self._paired is None or self._paired[0] is not model:
@@ -30,20 +30,27 @@ class WeightEMA:
             theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
             pairs = list(zip(ours, theirs, strict=True))
             floats = [p for p in pairs if p[0].is_floating_point()]
-            others = [p for p in pairs if not p[0].is_floating_point()]
-            self._paired = (model, [a for a, _ in floats], [b for _, b in floats], others)
+            other = [p for p in pairs if not p[0].is_floating_point()]
+            self._paired = (
+                model,
+                [a for a, _ in floats],
+                [b for _, b in floats],
+                [a for a, _ in other],
+                [b for _, b in other],
+            )
         return self._paired[1:]
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         """The first update copies the weights, every later one moves the average towards them."""
-        ema, cur, others = self._pairs(model)
+        ema, cur, ema_counts, counts = self._pairs(model)
         if self.updates == 0:
             torch._foreach_copy_(ema, cur)
         else:
             torch._foreach_lerp_(ema, cur, 1.0 - self.decay)
-        for a, b in others:  # counters such as BatchNorm's num_batches_tracked: the model's own
-            a.copy_(b)
+        # Counters such as BatchNorm's num_batches_tracked are not averaged: they follow the model.
+        if counts:
+            torch._foreach_copy_(ema_counts, counts)
         self.updates += 1
 
     def state_dict(self) -> dict:
