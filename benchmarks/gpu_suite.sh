@@ -6,8 +6,9 @@
 # go to WORK (default $OUT/work; on a GPU machine a folder outside $OUT, which returns only 8 files).
 # Results are packed after every stage and every training run, so a time-out still returns what finished.
 # Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET; FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
-# SKIP="throughput conventional bench" leaves out stages already measured. GRAPH=auto|on|off: whether the
-# training runs capture their step in a CUDA graph (auto: if it ran 5% faster in the loop at their size).
+# SKIP="throughput conventional bench" leaves out stages already measured; LANES=N trains N runs at once.
+# GRAPH=auto|on|off: whether the training runs capture their step in a CUDA graph (auto: if it ran 5%
+# faster in the loop at their size).
 # A 15-minute GPU window (start-up included) fits two calls back to back; the machine stays warm ~30 s
 # between them. Measured on an H200 (2026-11-28): call 1 408 s, call 2 248 s, 709 s held in all:
 #   ONLY=random,fold0,full,fold1 SKIP=bench WORK=/tmp/suite bash benchmarks/gpu_suite.sh
@@ -36,6 +37,9 @@ COMMON="--preset full --set optim.epochs=1000 --set ema=0.99 --set data.height=$
 PY=${PY:-python3}
 T_RANDOM=${T_RANDOM:-90} T_FOLD=${T_FOLD:-40} T_FULL=${T_FULL:-90} T_FAST=${T_FAST:-30} T_UNET=${T_UNET:-40}
 FOLDS=${FOLDS:-0 1 2 3 4} ONLY=${ONLY:-} SKIP=${SKIP:-conventional bench}
+# LANES=N trains N runs at once, in N processes (suite_runs.py --lanes): for small inputs that leave the GPU
+# waiting on kernel launches. Each run keeps its time budget, so more lanes give each run fewer epochs.
+LANES=${LANES:-1}
 # The inference benchmark times PyTorch on the GPU; ONNX Runtime's CPU rows belong to the 2-core machine.
 DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" TT="--width 32 --size $HW" BENCH="--iters 50 --no-onnx" VARIANTS=${VARIANTS:-b64,graph}
 LOOP_VARIANTS=${LOOP_VARIANTS:-graph}
@@ -50,9 +54,10 @@ START=$(date +%s)
 log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
 # Reports embed images (~3.5 MB each, and a returned file may hold 16 MiB): only the reports of fold 0
 # and of the random split travel back.
-pack() { (cd "$W" && tar czf "$OUT/results.tgz.tmp" --exclude='*.pt' --exclude='*.tmp*' --exclude='./.*' \
+# Lanes pack at the same time: each writes its own temporary file.
+pack() { (cd "$W" && tar czf "$OUT/results.tgz.tmp$$" --exclude='*.pt' --exclude='*.tmp*' --exclude='./.*' \
   $(ls -d */report.html 2>/dev/null | grep -v -x -E 'eval_(fold0|random)/report.html' | sed 's/^/--exclude=/') . \
-  && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz") 2>/dev/null; }
+  && mv "$OUT/results.tgz.tmp$$" "$OUT/results.tgz") 2>/dev/null; }
 export -f pack; export W OUT
 stage() { local name=$1; shift; log "stage $name: $*"; if "$@" >>"$LOG" 2>&1; then log "stage $name ok"; else log "stage $name FAILED"; fi; pack; }
 skip() { case " $SKIP " in *" $1 "*) log "stage $1 skipped"; return 0;; esac; return 1; }
@@ -97,7 +102,7 @@ PRUNE='["--prune", "1"], ["--prune", "2"], ["--prune", "3"], ["--prune", "4"]'
   echo ']'
 } >"$W/plan.json"
 stage runs $PY benchmarks/suite_runs.py --plan "$W/plan.json" --data "$CVC" --work "$W" --device $DEV \
-  --export-dir "$OUT" --after pack ${ONLY:+--only $ONLY} --common $COMMON
+  --export-dir "$OUT" --after pack ${ONLY:+--only $ONLY} --lanes "$LANES" --common $COMMON
 
 # Tables for RESULTS.md from this call's evaluations (folds of two calls: summarize.py --folds on both).
 EVALS=$(ls -d "$W"/eval_* 2>/dev/null)

@@ -16,6 +16,12 @@ Example:
       --common --preset full --set ema=0.99
 The first run failing stops the plan (the device path is broken: no use spending the window);
 a later failure is logged and the plan goes on.
+
+`--lanes N` runs the plan as N such processes at once, the runs dealt out in turn (run k to lane
+k mod N), for a GPU that one small run leaves idle: at 96x128 a step is mostly kernel launches
+(benchmarks/NOTES.md 19), so several processes can fill each other's gaps. Each run keeps its own
+wall-clock budget, so a lane trains fewer epochs in it than it would alone; whether N lanes win is
+what the runs' img/s say.
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ from pathlib import Path
 MAX_RETURNED_FILE = 15 * 2**20  # the GPU machine returns files up to 16 MiB: bigger ones go in parts
 
 
+LANE = os.environ.get("SUITE_LANE", "")
+
+
 def log(msg: str, start=time.time()) -> None:
-    print(f"[{time.time() - start:6.0f}s] {msg}", flush=True)
+    print(f"[{time.time() - start:6.0f}s]{' lane ' + LANE if LANE else ''} {msg}", flush=True)
 
 
 def split_file(path: Path, part_bytes: int = 12 * 2**20) -> list[Path]:
@@ -57,12 +66,9 @@ def main() -> int:
     ap.add_argument("--export-dir", default=None, help="where exported weights go (default: --work)")
     ap.add_argument("--after", default=None, help="bash command run after each run (e.g. packing)")
     ap.add_argument("--only", default=None, help="comma-separated run names to keep from the plan")
+    ap.add_argument("--lanes", type=int, default=1, help="run the plan in N processes at once")
     ap.add_argument("--common", nargs=argparse.REMAINDER, default=[], help="--preset/--set for every run")
     a = ap.parse_args()
-
-    from polypseg.checkpoint import load_checkpoint, save_safetensors
-    from polypseg.config import load_config
-    from polypseg.train import train
 
     def after() -> None:
         if a.after:  # under bash: the suite passes an exported shell function
@@ -82,6 +88,13 @@ def main() -> int:
             ap.error(f"--common takes --preset and --set only, got {tok!r}")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    if a.lanes > 1:
+        return run_lanes(a, plan, work)
+
+    from polypseg.checkpoint import load_checkpoint, save_safetensors
+    from polypseg.config import load_config
+    from polypseg.train import train
+
     export_dir = Path(a.export_dir or work)
     evals: list[tuple[str, subprocess.Popen]] = []
     failed = 0
@@ -132,6 +145,23 @@ def main() -> int:
     after()
     log(f"plan done: {len(plan)} runs, {failed} failure(s)")
     return 1 if failed else 0
+
+
+def run_lanes(a: argparse.Namespace, plan: list[dict], work: Path) -> int:
+    """Deal the plan out to `a.lanes` child processes of this script and wait for all of them."""
+    procs = []
+    for k in range(min(a.lanes, len(plan))):
+        lane_plan = work / f"plan.lane{k}.json"
+        lane_plan.write_text(json.dumps(plan[k :: a.lanes], indent=1))
+        cmd = [sys.executable, __file__, "--plan", str(lane_plan), "--data", a.data, "--work", str(work)]
+        cmd += ["--device", a.device, "--export-dir", str(a.export_dir or work)]
+        cmd += ["--after", a.after] if a.after else []
+        log(f"lane {k}: {', '.join(r['name'] for r in plan[k :: a.lanes])}")
+        env = {**os.environ, "SUITE_LANE": str(k)}
+        procs.append(subprocess.Popen([*cmd, "--common", *a.common], env=env))
+    codes = [p.wait() for p in procs]
+    log(f"lanes done: exit codes {codes}")
+    return 1 if any(codes) else 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from tests.conftest import ROOT, TINY, plain_mode
 from polypseg.predict import Predictor
 
 
-def _run(plan, tmp_path, data, groups, name):
+def _run(plan, tmp_path, data, groups, name, extra=()):
     (tmp_path / f"{name}.json").write_text(json.dumps(plan))
     common = ["--preset", "fast"] + [x for o in TINY + [f"data.groups={groups}"] for x in ("--set", o)]
     cmd = [
@@ -24,7 +24,7 @@ def _run(plan, tmp_path, data, groups, name):
         str(tmp_path / f"{name}.json"),
     ]
     cmd += ["--data", str(data), "--work", str(tmp_path / name), "--device", "cpu"]
-    cmd += ["--after", f"echo packed >> {tmp_path / name}.after", "--common", *common]
+    cmd += ["--after", f"echo packed >> {tmp_path / name}.after", *extra, "--common", *common]
     return subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}
     )
@@ -106,3 +106,23 @@ def test_first_run_failing_stops_the_plan(cvc_subset, subset_groups, tmp_path):
     p = _run(plan, tmp_path, cvc_subset, subset_groups, "w")
     assert p.returncode == 1 and "the first run failed: stopping the plan" in p.stdout
     assert not (tmp_path / "w" / "b").exists()
+
+
+def test_lanes_run_the_plan_in_parallel_processes(cvc_subset, subset_groups, tmp_path):
+    # Dealt in turn: a and c to lane 0, bad to lane 1, where it is the first run and stops that lane only.
+    plan = [
+        {"name": "a", "seconds": 60, "set": ["optim.epochs=1"], "evaluate": [[]]},
+        {"name": "bad", "seconds": 60, "set": ["model.name=nope"]},
+        {"name": "c", "seconds": 60, "set": ["optim.epochs=1", "model.name=unet"]},
+    ]
+    p = _run(plan, tmp_path, cvc_subset, subset_groups, "w", extra=["--lanes", "2"])
+    assert p.returncode == 1, p.stdout[-2000:]
+    w = tmp_path / "w"
+    assert [r["name"] for r in json.loads((w / "plan.lane0.json").read_text())] == ["a", "c"]
+    assert "lane 1 run bad FAILED" in p.stdout and "lane 1 the first run failed" in p.stdout
+    assert "lanes done: exit codes [0, 1]" in p.stdout
+    assert json.loads((w / "c" / "summary.json").read_text())["epochs"] == 1
+    assert json.loads((w / "eval_a" / "metrics.json").read_text())["segmentation"]["dice"] >= 0
+    # Every lane packs after each of its runs and at its end: lane 0 three times; lane 1 once, after the
+    # run that stopped it.
+    assert (tmp_path / "w.after").read_text().count("packed") == 4
