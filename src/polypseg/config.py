@@ -74,6 +74,7 @@ class LossConfig:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     head_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    boundary_weight: float = 0.0  # PraNet's structure-loss weighting near the polyp's edge (5 there; 0 = off)
 
 
 @dataclass
@@ -242,6 +243,7 @@ def check(cfg: TrainConfig) -> None:
             len(loss.head_weights) == 4 and min(loss.head_weights) >= 0 and sum(loss.head_weights) > 0,
             "four weights >= 0 (heads L1..L4), not all 0",
         ),
+        ("loss.boundary_weight", loss.boundary_weight, loss.boundary_weight >= 0, ">= 0 (0 = off)"),
         ("ema", cfg.ema, 0 <= cfg.ema < 1, "in 0..1 (0 = off)"),
         ("val_every", cfg.val_every, cfg.val_every >= 1, ">= 1"),
         ("time_limit_s", cfg.time_limit_s, cfg.time_limit_s >= 0, ">= 0 (0 = no limit)"),

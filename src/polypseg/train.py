@@ -324,10 +324,11 @@ def _train(
         log(f"resuming {out} at epoch {start_epoch}")
     train_model = DDP(model, device_ids=[device.index] if cuda else None) if info.enabled else model
     step_model = torch.compile(train_model, mode=cfg.compile_mode) if cfg.compile else train_model
+    loss_args = asdict(cfg.loss)
     step = TrainStep(
         model,
         opt,
-        lambda heads, y: seg_loss(heads, y, cfg.loss.bce_weight, cfg.loss.dice_weight, cfg.loss.head_weights),
+        lambda heads, y: seg_loss(heads, y, **loss_args),
         amp,
         cfg.optim.grad_clip,
         net=step_model,
