@@ -6,7 +6,8 @@
 # go to WORK (default $OUT/work; on a GPU machine a folder outside $OUT, which returns only 8 files).
 # Results are packed after every stage and every training run, so a time-out still returns what finished.
 # Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET; FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
-# SKIP="throughput conventional bench" leaves out stages already measured; LANES=N trains N runs at once.
+# SKIP="throughput conventional bench" leaves out stages already measured; LANES=N trains N runs at once;
+# SET="key=value ..." adds overrides to every run.
 # GRAPH=auto|on|off: whether the training runs capture their step in a CUDA graph (auto: if it ran 5%
 # faster in the loop at their size).
 # A 15-minute GPU window (start-up included) fits two calls back to back; the machine stays warm ~30 s
@@ -32,6 +33,8 @@ export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 CVC=$DATA/CVC-ClinicDB
 HW=${HW:-96 128}
 COMMON="--preset full --set optim.epochs=1000 --set ema=0.99 --set data.height=${HW% *} --set data.width=${HW#* }"
+# SET="key=value ..." adds overrides to every run (a recipe arm: SET="loss.boundary_weight=5" WORK=/tmp/arm).
+for kv in ${SET:-}; do COMMON="$COMMON --set $kv"; done
 # A copy laid out as images/ + masks/ (no space in folder names, for transfers) brings its sequence table.
 [ -f "$CVC/sequences.csv" ] && [ -d "$CVC/images" ] && COMMON="$COMMON --set data.groups=$CVC/sequences.csv"
 PY=${PY:-python3}
