@@ -88,14 +88,14 @@ def main() -> int:
             ap.error(f"--common takes --preset and --set only, got {tok!r}")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    export_dir = Path(a.export_dir or work)
     if a.lanes > 1:
-        return run_lanes(a, plan, work)
+        return run_lanes(a, plan, work, export_dir)
 
     from polypseg.checkpoint import load_checkpoint, save_safetensors
     from polypseg.config import load_config
     from polypseg.train import train
 
-    export_dir = Path(a.export_dir or work)
     evals: list[tuple[str, subprocess.Popen]] = []
     failed = 0
     for k, run in enumerate(plan):
@@ -147,14 +147,14 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def run_lanes(a: argparse.Namespace, plan: list[dict], work: Path) -> int:
+def run_lanes(a: argparse.Namespace, plan: list[dict], work: Path, export_dir: Path) -> int:
     """Deal the plan out to `a.lanes` child processes of this script and wait for all of them."""
     procs = []
     for k in range(min(a.lanes, len(plan))):
         lane_plan = work / f"plan.lane{k}.json"
         lane_plan.write_text(json.dumps(plan[k :: a.lanes], indent=1))
         cmd = [sys.executable, __file__, "--plan", str(lane_plan), "--data", a.data, "--work", str(work)]
-        cmd += ["--device", a.device, "--export-dir", str(a.export_dir or work)]
+        cmd += ["--device", a.device, "--export-dir", str(export_dir)]
         cmd += ["--after", a.after] if a.after else []
         log(f"lane {k}: {', '.join(r['name'] for r in plan[k :: a.lanes])}")
         env = {**os.environ, "SUITE_LANE": str(k)}
