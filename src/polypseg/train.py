@@ -287,7 +287,12 @@ def _train(
     arch = {"name": cfg.model.name, "kwargs": {"width": cfg.model.width}}
     if cfg.model.name == "unetpp":
         arch["kwargs"]["deep_supervision"] = cfg.model.deep_supervision
-    model = create_model(arch["name"], **arch["kwargs"]).to(device)
+    start = {}
+    if cfg.model.encoder != "none":
+        arch["kwargs"]["encoder"] = cfg.model.encoder
+        if cfg.model.encoder_weights != "none" and not ckpt:  # a resumed run loads its own weights
+            start["encoder_weights"] = cfg.model.encoder_weights
+    model = create_model(arch["name"], **arch["kwargs"], **start).to(device)
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.cuda_graph and not cuda:
@@ -344,8 +349,14 @@ def _train(
             with open(out / "metrics.csv", "w", newline="") as f:
                 csv.writer(f).writerow(CSV_FIELDS)
         n_params = count_parameters(model)
+        enc = (
+            f", {cfg.model.encoder} encoder ({cfg.model.encoder_weights})"
+            if cfg.model.encoder != "none"
+            else ""
+        )
         log(
-            f"training {cfg.model.name} (width {cfg.model.width}, {n_params / 1e6:.2f}M params) on {device_name(device)}"
+            f"training {cfg.model.name} (width {cfg.model.width}{enc}, {n_params / 1e6:.2f}M params) "
+            f"on {device_name(device)}"
             f"{f' x{info.world_size}' if info.enabled else ''}; {n_train} train / {len(x_val)} val frames "
             f"at {cfg.data.height}x{cfg.data.width}; split: {split.method}; {data_info['groups']}"
         )

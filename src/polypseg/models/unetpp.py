@@ -3,6 +3,10 @@
 Nodes are named ``conv{i}_{j}`` / ``x{i}_{j}`` as in the paper: i is the depth (down-sampling level),
 j the position along the nested skip pathway. Head L reads node x0_L and needs only the nodes with
 i + j <= L, so pruning to head L really skips the rest of the network.
+
+With ``encoder="efficientnet-lite0"`` the backbone column x{i}_0 is an ImageNet-pretrained EfficientNet-Lite0
+(levels at strides 2..32) instead of VGG blocks with max-pooling; the nested decoder is the same, one
+level coarser, and the heads' logits are up-sampled twice to the input's size.
 """
 
 from __future__ import annotations
@@ -10,7 +14,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from polypseg.errors import PolypsegError
 from polypseg.models.blocks import Normalize, VGGBlock, filters
+from polypseg.models.efficientnet_lite import (
+    LITE0_CHANNELS,
+    LITE0_MEAN,
+    LITE0_STD,
+    efficientnet_lite0_levels,
+)
+
+ENCODERS = ("efficientnet-lite0",)
 
 
 class UNetPlusPlus(nn.Module):
@@ -21,9 +34,13 @@ class UNetPlusPlus(nn.Module):
         num_classes: output channels (1 for polyp vs background).
         deep_supervision: four 1x1 heads on x0_1..x0_4 (else one head on x0_4).
         prune: 0 = "accurate" (mean of the heads' logits); 1..4 = "fast", run only the sub-network of head L.
+        encoder: None (VGG blocks, from scratch, the seed's network) or "efficientnet-lite0"; `width` then
+            sets only the decoder's filters.
+        encoder_weights: "imagenet" to start the encoder from its ImageNet weights, None for random (a
+            checkpoint's weights are loaded over it anyway).
 
-    Input: (B, 3, H, W) RGB in 0..255, H and W divisible by 16. Output: logits (B, num_classes, H, W),
-    or with ``heads=True`` the list of head logits (training).
+    Input: (B, 3, H, W) RGB in 0..255, H and W divisible by `stride` (16; 32 with an encoder). Output: logits
+    (B, num_classes, H, W), or with ``heads=True`` the list of head logits (training).
 
     Example:
         >>> m = UNetPlusPlus(width=8)
@@ -39,43 +56,56 @@ class UNetPlusPlus(nn.Module):
         prune: int = 0,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
+        encoder: str | None = None,
+        encoder_weights: str | None = None,
     ):
         super().__init__()
-        f = filters(width)
         kw = dict(norm_layer=norm_layer, act_layer=act_layer)
         self.deep_supervision = deep_supervision
         self.prune = prune
-        self.normalize = Normalize()
-        self.pool = nn.MaxPool2d(2)
+        self.encoder = encoder
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        dec = filters(width)  # channels of the nested nodes x{i}_{j}, j >= 1
+        if encoder is None:
+            enc = dec
+            self.stride = 16
+            self.normalize = Normalize()
+            self.pool = nn.MaxPool2d(2)
+            self.conv0_0 = VGGBlock(3, enc[0], enc[0], **kw)
+            self.conv1_0 = VGGBlock(enc[0], enc[1], enc[1], **kw)
+            self.conv2_0 = VGGBlock(enc[1], enc[2], enc[2], **kw)
+            self.conv3_0 = VGGBlock(enc[2], enc[3], enc[3], **kw)
+            self.conv4_0 = VGGBlock(enc[3], enc[4], enc[4], **kw)
+            self.up_out = nn.Identity()
+        elif encoder == "efficientnet-lite0":
+            enc = LITE0_CHANNELS
+            self.stride = 32
+            self.normalize = Normalize(LITE0_MEAN, LITE0_STD)
+            self.pool = nn.Identity()  # each level down-samples itself
+            levels = efficientnet_lite0_levels(encoder_weights)
+            self.conv0_0, self.conv1_0, self.conv2_0, self.conv3_0, self.conv4_0 = levels
+            self.up_out = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        else:
+            raise PolypsegError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
 
-        self.conv0_0 = VGGBlock(3, f[0], f[0], **kw)
-        self.conv1_0 = VGGBlock(f[0], f[1], f[1], **kw)
-        self.conv2_0 = VGGBlock(f[1], f[2], f[2], **kw)
-        self.conv3_0 = VGGBlock(f[2], f[3], f[3], **kw)
-        self.conv4_0 = VGGBlock(f[3], f[4], f[4], **kw)
+        def node(
+            i: int, j: int
+        ) -> VGGBlock:  # x{i}_{j} reads x{i}_0, x{i}_1..x{i}_{j-1} and up(x{i+1}_{j-1})
+            cin = enc[i] + (j - 1) * dec[i] + (enc[i + 1] if j == 1 else dec[i + 1])
+            return VGGBlock(cin, dec[i], dec[i], **kw)
 
-        self.conv0_1 = VGGBlock(f[0] + f[1], f[0], f[0], **kw)
-        self.conv1_1 = VGGBlock(f[1] + f[2], f[1], f[1], **kw)
-        self.conv2_1 = VGGBlock(f[2] + f[3], f[2], f[2], **kw)
-        self.conv3_1 = VGGBlock(f[3] + f[4], f[3], f[3], **kw)
-
-        self.conv0_2 = VGGBlock(f[0] * 2 + f[1], f[0], f[0], **kw)
-        self.conv1_2 = VGGBlock(f[1] * 2 + f[2], f[1], f[1], **kw)
-        self.conv2_2 = VGGBlock(f[2] * 2 + f[3], f[2], f[2], **kw)
-
-        self.conv0_3 = VGGBlock(f[0] * 3 + f[1], f[0], f[0], **kw)
-        self.conv1_3 = VGGBlock(f[1] * 3 + f[2], f[1], f[1], **kw)
-
-        self.conv0_4 = VGGBlock(f[0] * 4 + f[1], f[0], f[0], **kw)
+        self.conv0_1, self.conv1_1, self.conv2_1, self.conv3_1 = (node(i, 1) for i in range(4))
+        self.conv0_2, self.conv1_2, self.conv2_2 = (node(i, 2) for i in range(3))
+        self.conv0_3, self.conv1_3 = node(0, 3), node(1, 3)
+        self.conv0_4 = node(0, 4)
 
         if deep_supervision:
-            self.final1 = nn.Conv2d(f[0], num_classes, 1)
-            self.final2 = nn.Conv2d(f[0], num_classes, 1)
-            self.final3 = nn.Conv2d(f[0], num_classes, 1)
-            self.final4 = nn.Conv2d(f[0], num_classes, 1)
+            self.final1 = nn.Conv2d(dec[0], num_classes, 1)
+            self.final2 = nn.Conv2d(dec[0], num_classes, 1)
+            self.final3 = nn.Conv2d(dec[0], num_classes, 1)
+            self.final4 = nn.Conv2d(dec[0], num_classes, 1)
         else:
-            self.final = nn.Conv2d(f[0], num_classes, 1)
+            self.final = nn.Conv2d(dec[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor, heads: bool = False):
         prune = self.prune if (self.deep_supervision and not heads) else 0
@@ -85,20 +115,20 @@ class UNetPlusPlus(nn.Module):
         x1_0 = self.conv1_0(self.pool(x0_0))
         x0_1 = self.conv0_1(torch.cat([x0_0, self.up(x1_0)], 1))
         if depth == 1:
-            return self.final1(x0_1)
+            return self.up_out(self.final1(x0_1))
 
         x2_0 = self.conv2_0(self.pool(x1_0))
         x1_1 = self.conv1_1(torch.cat([x1_0, self.up(x2_0)], 1))
         x0_2 = self.conv0_2(torch.cat([x0_0, x0_1, self.up(x1_1)], 1))
         if depth == 2:
-            return self.final2(x0_2)
+            return self.up_out(self.final2(x0_2))
 
         x3_0 = self.conv3_0(self.pool(x2_0))
         x2_1 = self.conv2_1(torch.cat([x2_0, self.up(x3_0)], 1))
         x1_2 = self.conv1_2(torch.cat([x1_0, x1_1, self.up(x2_1)], 1))
         x0_3 = self.conv0_3(torch.cat([x0_0, x0_1, x0_2, self.up(x1_2)], 1))
         if depth == 3:
-            return self.final3(x0_3)
+            return self.up_out(self.final3(x0_3))
 
         x4_0 = self.conv4_0(self.pool(x3_0))
         x3_1 = self.conv3_1(torch.cat([x3_0, self.up(x4_0)], 1))
@@ -107,9 +137,10 @@ class UNetPlusPlus(nn.Module):
         x0_4 = self.conv0_4(torch.cat([x0_0, x0_1, x0_2, x0_3, self.up(x1_3)], 1))
 
         if not self.deep_supervision:
-            out = self.final(x0_4)
+            out = self.up_out(self.final(x0_4))
             return [out] if heads else out
         outs = [self.final1(x0_1), self.final2(x0_2), self.final3(x0_3), self.final4(x0_4)]
+        outs = [self.up_out(o) for o in outs]
         if heads:
             return outs
         if prune == 4:
