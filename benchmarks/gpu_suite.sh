@@ -15,6 +15,10 @@
 #   ONLY=random,fold0,full,fold1 SKIP=bench WORK=/tmp/suite bash benchmarks/gpu_suite.sh
 #   ONLY=fold2,fold3,fold4,fast,unet SKIP="throughput conventional" GRAPH=<what call 1 logged> WORK=/tmp/suite2 bash ...
 # (the training-size throughput stage adds ~40 s to call 1; fold0_native, fold 0 at 288x384, needs a third.)
+# Data and weights travel in .devdata (benchmarks/devdata.py pack: lossless WebP, 42 MiB with the fp16
+# EfficientNet-Lite0 weights; the PNGs beside the tracked tree's bundled models exceed the 64-MiB transfer):
+#   python3 benchmarks/devdata.py unpack .devdata /tmp/data && DATA=/tmp/data ... bash benchmarks/gpu_suite.sh
+# The pretrained-encoder arm: SET="model.encoder=efficientnet-lite0 model.encoder_weights=$PWD/.devdata/lite0_fp16.safetensors".
 # Input size HW="96 128" (default) for every run; fold0_native repeats fold 0 at CVC's own 288x384. On the
 # CPU, short budgets favoured small inputs by far (RESULTS.md section f: 64x80 0.741, 96x128 0.655,
 # 160x208 0.458 Dice in 10 minutes): more epochs, and a receptive field that spans the polyp.
@@ -49,7 +53,7 @@ LOOP_VARIANTS=${LOOP_VARIANTS:-graph}
 FAST_SIZE='"model.width=16", "data.height=64", "data.width=80"' NATIVE='"data.height=288", "data.width=384"'
 if [ "$QUICK" = quick ]; then  # a CPU dry run of the script itself, tiny sizes
   T_RANDOM=4 T_FOLD=3 T_FULL=3 T_FAST=3 T_UNET=3 BENCH_S=1 DEV=cpu VARIANTS=b32
-  COMMON="$COMMON --set data.height=64 --set data.width=80 --set model.width=4"
+  COMMON="$COMMON --set data.height=64 --set data.width=96 --set model.width=4"  # 96: encoder runs need 32s
   FAST_SIZE='"model.width=4", "data.height=48", "data.width=64"' NATIVE='"data.height=64", "data.width=96"'
   TP="--width 4 --size 64 80" TT="--width 4 --size 64 80" BENCH="--iters 2 --height 64 --width 80 --no-onnx"
 fi

@@ -126,3 +126,35 @@ def test_lanes_run_the_plan_in_parallel_processes(cvc_subset, subset_groups, tmp
     # Every lane packs after each of its runs and at its end: lane 0 three times; lane 1 once, after the
     # run that stopped it.
     assert (tmp_path / "w.after").read_text().count("packed") == 4
+
+
+def test_devdata_carries_the_same_pixels(cvc_subset, subset_groups, tmp_path):
+    """benchmarks/devdata.py: lossless WebP to carry to the GPU machine, PNG again there, masks binarised."""
+    import cv2
+    import numpy as np
+
+    script = [sys.executable, str(ROOT / "benchmarks" / "devdata.py")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    packed = subprocess.run(
+        [*script, "pack", str(cvc_subset), str(tmp_path / "carry"), "--groups", str(subset_groups)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert packed.returncode == 0, packed.stderr
+    assert "40 pairs" in packed.stdout and "of 64 MiB" in packed.stdout
+    assert sorted(p.suffix for p in (tmp_path / "carry" / "images").iterdir()) == [".webp"] * 40
+    un = subprocess.run(
+        [*script, "unpack", str(tmp_path / "carry"), str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert un.returncode == 0, un.stderr
+    out = tmp_path / "data" / "CVC-ClinicDB"
+    for image in sorted((cvc_subset / "images").iterdir()):
+        assert np.array_equal(cv2.imread(str(image)), cv2.imread(str(out / "images" / image.name)))
+        truth = cv2.imread(str(cvc_subset / "masks" / image.name), cv2.IMREAD_GRAYSCALE) > 127
+        carried = cv2.imread(str(out / "masks" / image.name), cv2.IMREAD_GRAYSCALE)
+        assert set(np.unique(carried)) <= {0, 255} and np.array_equal(carried > 127, truth)
+    assert (out / "sequences.csv").read_text() == subset_groups.read_text()
