@@ -6,7 +6,7 @@ i + j <= L, so pruning to head L really skips the rest of the network.
 
 With ``encoder="efficientnet-lite0"`` the backbone column x{i}_0 is an ImageNet-pretrained EfficientNet-Lite0
 (levels at strides 2..32) instead of VGG blocks with max-pooling; the nested decoder is the same, one
-level coarser, and the heads' logits are up-sampled twice to the input's size.
+level coarser, and the heads' logits are up-sampled 2x (bilinear) to the input's size.
 """
 
 from __future__ import annotations
