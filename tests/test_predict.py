@@ -143,7 +143,11 @@ def test_bundled_models_are_what_the_demo_and_card_say(cvc):
     from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
 
     fast = Predictor.from_checkpoint("fast", device="cpu")
-    assert (fast.height, fast.width) == (64, 80) and fast.meta["arch"]["kwargs"]["width"] == 8
+    assert (fast.height, fast.width) == (64, 96) and fast.meta["arch"]["kwargs"] == {
+        "width": 8,
+        "deep_supervision": True,
+        "encoder": "efficientnet-lite0",
+    }
     full = Predictor.from_checkpoint(None, device="cpu")  # the default
     assert full.meta["split"]["method"] == "none" and len(full.meta["split"]["train"]) == 612
     # `make demo` evaluates `fast` on its held-out frames: they are exactly grouped fold 0 of CVC-ClinicDB,
