@@ -5,10 +5,12 @@ tracked tree is ~20 MiB (the bundled models), and CVC-ClinicDB's PNG frames are 
 longer fit together. Lossless WebP stores the same pixels in ~37 MiB; masks are stored binarised (the
 loader binarises at > 127 anyway). `pack` runs here and checks that every frame decodes to the same
 pixels; `unpack` runs there and writes the usual images/ + masks/ PNG layout with the sequence table.
-With `--encoder-weights`, pack also writes the ImageNet EfficientNet-Lite0 weights as fp16 safetensors
-(5.7 MiB; the 17-MB weights package would not fit).
+`--encoder-weights FILE` also writes the ImageNet EfficientNet-Lite0 weights as fp16 safetensors (5.7 MiB;
+the 17-MB weights package would not fit). With the bundled models the tree is ~25 MiB, so data (~37 MiB)
+and weights do not travel in one call: the first call carries the data and unpacks it outside the
+repository, where a warm machine keeps it; the next call carries the weights.
 
-    python benchmarks/devdata.py pack ../shared/datasets/CVC-ClinicDB .devdata --encoder-weights
+    python benchmarks/devdata.py pack ../shared/datasets/CVC-ClinicDB .devdata --encoder-weights .enc/lite0_fp16.safetensors
     python3 benchmarks/devdata.py unpack .devdata /tmp/data      # on the GPU machine
 """
 
@@ -27,7 +29,7 @@ LIMIT = 64 * 2**20
 WEBP_LOSSLESS = [cv2.IMWRITE_WEBP_QUALITY, 101]  # OpenCV: quality above 100 selects lossless
 
 
-def pack(src: Path, dest: Path, encoder_weights: bool = False, groups: Path | None = None) -> None:
+def pack(src: Path, dest: Path, encoder_weights: Path | None = None, groups: Path | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from polypseg.data import discover
 
@@ -46,7 +48,9 @@ def pack(src: Path, dest: Path, encoder_weights: bool = False, groups: Path | No
     if encoder_weights:
         from polypseg.models.efficientnet_lite import save_imagenet_weights
 
-        save_imagenet_weights(dest / "lite0_fp16.safetensors")
+        encoder_weights.parent.mkdir(parents=True, exist_ok=True)
+        save_imagenet_weights(encoder_weights)
+        print(f"encoder weights -> {encoder_weights}: {encoder_weights.stat().st_size / 2**20:.1f} MiB")
     repo = Path(__file__).resolve().parents[1]
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
     tree = sum((repo / f).stat().st_size for f in tracked.decode().split("\0") if f and (repo / f).is_file())
@@ -83,7 +87,7 @@ def main() -> None:
     a.add_argument("src", type=Path, help="the CVC-ClinicDB folder (any layout polypseg reads)")
     a.add_argument("--groups", type=Path, help="frame,group CSV (default: SRC/sequences.csv)")
     a.add_argument("dest", type=Path)
-    a.add_argument("--encoder-weights", action="store_true", help="also the fp16 EfficientNet-Lite0 weights")
+    a.add_argument("--encoder-weights", type=Path, help="also write the fp16 EfficientNet-Lite0 weights here")
     b = sub.add_parser("unpack", help="carried folder -> DEST/CVC-ClinicDB with PNG images/ + masks/")
     b.add_argument("src", type=Path)
     b.add_argument("dest", type=Path)

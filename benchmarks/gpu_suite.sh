@@ -15,10 +15,12 @@
 #   ONLY=random,fold0,full,fold1 SKIP=bench WORK=/tmp/suite bash benchmarks/gpu_suite.sh
 #   ONLY=fold2,fold3,fold4,fast,unet SKIP="throughput conventional" GRAPH=<what call 1 logged> WORK=/tmp/suite2 bash ...
 # (the training-size throughput stage adds ~40 s to call 1; fold0_native, fold 0 at 288x384, needs a third.)
-# Data and weights travel in .devdata (benchmarks/devdata.py pack: lossless WebP, 42 MiB with the fp16
-# EfficientNet-Lite0 weights; the PNGs beside the tracked tree's bundled models exceed the 64-MiB transfer):
+# Data travel as lossless WebP in .devdata (benchmarks/devdata.py pack, 37 MiB; the PNGs beside the ~25-MiB
+# tracked tree exceed the 64-MiB transfer); the first call unpacks them outside the repository, where the
+# warm machine keeps them for the next call (start it within ~30 s):
 #   python3 benchmarks/devdata.py unpack .devdata /tmp/data && DATA=/tmp/data ... bash benchmarks/gpu_suite.sh
-# The pretrained-encoder arm: SET="model.encoder=efficientnet-lite0 model.encoder_weights=$PWD/.devdata/lite0_fp16.safetensors".
+# The pretrained-encoder arm carries .enc (the fp16 ImageNet EfficientNet-Lite0 weights, 5.7 MiB) instead:
+#   SET="model.encoder=efficientnet-lite0 model.encoder_weights=$PWD/.enc/lite0_fp16.safetensors" DATA=/tmp/data ...
 # Input size HW="96 128" (default) for every run; fold0_native repeats fold 0 at CVC's own 288x384. On the
 # CPU, short budgets favoured small inputs by far (RESULTS.md section f: 64x80 0.741, 96x128 0.655,
 # 160x208 0.458 Dice in 10 minutes): more epochs, and a receptive field that spans the polyp.
