@@ -51,23 +51,26 @@ def test_checkpoint_describes_itself(tiny_run):
     assert "optimizer" in load_checkpoint(tiny_run / "last.pt")
 
 
-def test_resume_is_exact(cvc_subset, subset_groups, tmp_path):
-    overrides = TINY + [f"data.groups={subset_groups}", "optim.epochs=3", "data.split_by=frame", "ema=0.9"]
-    cfg = load_config(overrides=overrides)
-    train(cfg, out=tmp_path / "straight", data=cvc_subset, progress=False)
+def _straight_and_resumed(overrides: list[str], data, tmp_path) -> tuple[dict, dict]:
+    """last.pt of an unbroken run and of the same run stopped after epoch 1 and resumed from the CLI."""
+    train(load_config(overrides=overrides), out=tmp_path / "straight", data=data, progress=False)
     train(
         load_config(overrides=overrides),
         out=tmp_path / "killed",
-        data=cvc_subset,
+        data=data,
         progress=False,
         stop_after_epoch=1,
     )
     assert json.loads((tmp_path / "killed" / "summary.json").read_text())["stopped"] == "interrupted"
-    assert (
-        main(["train", "--resume", str(tmp_path / "killed"), "--data", str(cvc_subset), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "killed"), "--data", str(data), "--no-progress"]) == 0
+    return load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(
+        tmp_path / "killed" / "last.pt"
     )
-    a = load_checkpoint(tmp_path / "straight" / "last.pt")
-    b = load_checkpoint(tmp_path / "killed" / "last.pt")
+
+
+def test_resume_is_exact(cvc_subset, subset_groups, tmp_path):
+    overrides = TINY + [f"data.groups={subset_groups}", "optim.epochs=3", "data.split_by=frame", "ema=0.9"]
+    a, b = _straight_and_resumed(overrides, cvc_subset, tmp_path)
     assert a["epoch"] == b["epoch"] == 3
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -89,19 +92,7 @@ def test_pretrained_encoder_starts_from_imagenet_and_resumes_exactly(cvc_subset,
         "optim.epochs=3",
         "data.split_by=frame",
     ]
-    train(load_config(overrides=overrides), out=tmp_path / "straight", data=cvc_subset, progress=False)
-    train(
-        load_config(overrides=overrides),
-        out=tmp_path / "killed",
-        data=cvc_subset,
-        progress=False,
-        stop_after_epoch=1,
-    )
-    assert (
-        main(["train", "--resume", str(tmp_path / "killed"), "--data", str(cvc_subset), "--no-progress"]) == 0
-    )
-    a = load_checkpoint(tmp_path / "straight" / "last.pt")
-    b = load_checkpoint(tmp_path / "killed" / "last.pt")
+    a, b = _straight_and_resumed(overrides, cvc_subset, tmp_path)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["arch"] == {
