@@ -162,11 +162,12 @@ def efficientnet_lite0_levels(weights: str | None) -> list[nn.Sequential]:
     net = EfficientNetLite0()
     if weights is None:
         return net.levels()
-    state = imagenet_state_dict() if weights == "imagenet" else None
-    if state is None:
-        if not Path(weights).is_file():
-            raise PolypsegError(f"encoder weights {weights!r}: neither 'imagenet' nor a file")
+    if weights == "imagenet":
+        state = imagenet_state_dict()
+    elif Path(weights).is_file():
         state = load_weights_file(weights)
+    else:
+        raise PolypsegError(f"encoder weights {weights!r}: neither 'imagenet' nor a file")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:

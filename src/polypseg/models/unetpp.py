@@ -63,7 +63,6 @@ class UNetPlusPlus(nn.Module):
         kw = dict(norm_layer=norm_layer, act_layer=act_layer)
         self.deep_supervision = deep_supervision
         self.prune = prune
-        self.encoder = encoder
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
         dec = filters(width)  # channels of the nested nodes x{i}_{j}, j >= 1
         if encoder is None:
@@ -88,9 +87,8 @@ class UNetPlusPlus(nn.Module):
         else:
             raise PolypsegError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
 
-        def node(
-            i: int, j: int
-        ) -> VGGBlock:  # x{i}_{j} reads x{i}_0, x{i}_1..x{i}_{j-1} and up(x{i+1}_{j-1})
+        def node(i: int, j: int) -> VGGBlock:
+            """x{i}_{j}: reads x{i}_0, x{i}_1..x{i}_{j-1} and up(x{i+1}_{j-1})."""
             cin = enc[i] + (j - 1) * dec[i] + (enc[i + 1] if j == 1 else dec[i + 1])
             return VGGBlock(cin, dec[i], dec[i], **kw)
 
