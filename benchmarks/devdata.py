@@ -1,14 +1,14 @@
 """Carry CVC-ClinicDB to the GPU machine within its transfer limit, losslessly.
 
 The GPU machine gets this repository's tracked files plus the folders a call carries, 64 MiB in all. The
-tracked tree is ~20 MiB (the bundled models), and CVC-ClinicDB's PNG frames are 51 MiB, so they no
+tracked tree is ~25 MiB (the bundled models), and CVC-ClinicDB's PNG frames are 51 MiB, so they no
 longer fit together. Lossless WebP stores the same pixels in ~37 MiB; masks are stored binarised (the
 loader binarises at > 127 anyway). `pack` runs here and checks that every frame decodes to the same
 pixels; `unpack` runs there and writes the usual images/ + masks/ PNG layout with the sequence table.
 `--encoder-weights FILE` also writes the ImageNet EfficientNet-Lite0 weights as fp16 safetensors (5.7 MiB;
-the 17-MB weights package would not fit). With the bundled models the tree is ~25 MiB, so data (~37 MiB)
-and weights do not travel in one call: the first call carries the data and unpacks it outside the
-repository, where a warm machine keeps it; the next call carries the weights.
+the 17-MB weights package would not fit). Beside the tree, data (~37 MiB) and weights do not travel in one
+call: the first call carries the data and unpacks it outside the repository, where a warm machine keeps
+it; the next call carries the weights.
 
     python benchmarks/devdata.py pack ../shared/datasets/CVC-ClinicDB .devdata --encoder-weights .enc/lite0_fp16.safetensors
     python3 benchmarks/devdata.py unpack .devdata /tmp/data      # on the GPU machine

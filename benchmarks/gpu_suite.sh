@@ -55,7 +55,7 @@ LOOP_VARIANTS=${LOOP_VARIANTS:-graph}
 FAST_SIZE='"model.width=16", "data.height=64", "data.width=80"' NATIVE='"data.height=288", "data.width=384"'
 if [ "$QUICK" = quick ]; then  # a CPU dry run of the script itself, tiny sizes
   T_RANDOM=4 T_FOLD=3 T_FULL=3 T_FAST=3 T_UNET=3 BENCH_S=1 DEV=cpu VARIANTS=b32
-  COMMON="$COMMON --set data.height=64 --set data.width=96 --set model.width=4"  # 96: encoder runs need 32s
+  COMMON="$COMMON --set data.height=64 --set data.width=96 --set model.width=4"  # 96: encoder runs need multiples of 32
   FAST_SIZE='"model.width=4", "data.height=48", "data.width=64"' NATIVE='"data.height=64", "data.width=96"'
   TP="--width 4 --size 64 80" TT="--width 4 --size 64 80" BENCH="--iters 2 --height 64 --width 80 --no-onnx"
 fi
