@@ -20,6 +20,13 @@ import yaml
 from polypseg import atomic
 from polypseg.errors import PolypsegError
 
+# Input sides must be multiples of the network's total down-sampling; one table for the config check
+# (before any work, without torch) and the model (UNetPlusPlus.stride).
+INPUT_STRIDE: dict[str, tuple[int, str]] = {
+    "none": (16, "four poolings"),
+    "efficientnet-lite0": (32, "the encoder's five down-samplings"),
+}
+
 
 @dataclass
 class DataConfig:
@@ -207,9 +214,7 @@ def load_config(
 def check(cfg: TrainConfig) -> None:
     """Values the types allow but training cannot use: the first one is a one-line error, before any work."""
     d, a, o, loss = cfg.data, cfg.augment, cfg.optim, cfg.loss
-    stride, why = (
-        (32, "the encoder's five down-samplings") if cfg.model.encoder != "none" else (16, "four poolings")
-    )
+    stride, why = INPUT_STRIDE[cfg.model.encoder]
     rules = [
         (
             "data.height",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from polypseg.config import INPUT_STRIDE
 from polypseg.errors import PolypsegError
 from polypseg.models.blocks import Normalize, VGGBlock, filters
 from polypseg.models.efficientnet_lite import (
@@ -23,7 +24,7 @@ from polypseg.models.efficientnet_lite import (
     efficientnet_lite0_levels,
 )
 
-ENCODERS = ("efficientnet-lite0",)
+ENCODERS = tuple(name for name in INPUT_STRIDE if name != "none")
 
 
 class UNetPlusPlus(nn.Module):
@@ -67,7 +68,6 @@ class UNetPlusPlus(nn.Module):
         dec = filters(width)  # channels of the nested nodes x{i}_{j}, j >= 1
         if encoder is None:
             enc = dec
-            self.stride = 16
             self.normalize = Normalize()
             self.pool = nn.MaxPool2d(2)
             self.conv0_0 = VGGBlock(3, enc[0], enc[0], **kw)
@@ -78,7 +78,6 @@ class UNetPlusPlus(nn.Module):
             self.up_out = nn.Identity()
         elif encoder == "efficientnet-lite0":
             enc = LITE0_CHANNELS
-            self.stride = 32
             self.normalize = Normalize(LITE0_MEAN, LITE0_STD)
             self.pool = nn.Identity()  # each level down-samples itself
             levels = efficientnet_lite0_levels(encoder_weights)
@@ -86,6 +85,7 @@ class UNetPlusPlus(nn.Module):
             self.up_out = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
         else:
             raise PolypsegError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
+        self.stride = INPUT_STRIDE[encoder or "none"][0]
 
         def node(i: int, j: int) -> VGGBlock:
             """x{i}_{j}: reads x{i}_0, x{i}_1..x{i}_{j-1} and up(x{i+1}_{j-1})."""
