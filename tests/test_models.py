@@ -82,8 +82,14 @@ def test_pretrained_encoder_counts_shapes_and_pruning():
 def test_unknown_encoder():
     with pytest.raises(PolypsegError, match="unknown encoder 'resnet50'"):
         create_model("unetpp", encoder="resnet50")
-    with pytest.raises(PolypsegError, match="encoder weights 'jft': neither 'imagenet' nor a file"):
+    with pytest.raises(PolypsegError, match="encoder weights 'jft': neither 'imagenet', 'none' nor a file"):
         create_model("unetpp", encoder="efficientnet-lite0", encoder_weights="jft")
+    # "none" (the config's word for a random start) means the same as None here
+    torch.manual_seed(0)
+    a = create_model("unetpp", width=4, encoder="efficientnet-lite0", encoder_weights="none")
+    torch.manual_seed(0)
+    b = create_model("unetpp", width=4, encoder="efficientnet-lite0")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_encoder_weights_from_a_file(tmp_path):

@@ -158,16 +158,16 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def efficientnet_lite0_levels(weights: str | None) -> list[nn.Sequential]:
     """Encoder levels of EfficientNet-Lite0: from ImageNet ("imagenet"), from a weights file (a path), or
-    random (None)."""
+    random (None or "none", the config's word)."""
     net = EfficientNetLite0()
-    if weights is None:
+    if weights is None or weights == "none":
         return net.levels()
     if weights == "imagenet":
         state = imagenet_state_dict()
     elif Path(weights).is_file():
         state = load_weights_file(weights)
     else:
-        raise PolypsegError(f"encoder weights {weights!r}: neither 'imagenet' nor a file")
+        raise PolypsegError(f"encoder weights {weights!r}: neither 'imagenet', 'none' nor a file")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
