@@ -143,7 +143,7 @@ def test_bundled_models_are_what_the_demo_and_card_say(cvc):
     from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
 
     fast = Predictor.from_checkpoint("fast", device="cpu")
-    assert (fast.height, fast.width) == (96, 128) and fast.meta["arch"]["kwargs"] == {
+    assert (fast.height, fast.width) == (64, 96) and fast.meta["arch"]["kwargs"] == {
         "width": 8,
         "deep_supervision": True,
         "encoder": "efficientnet-lite0",
