@@ -290,7 +290,7 @@ def _train(
     start = {}
     if cfg.model.encoder != "none":
         arch["kwargs"]["encoder"] = cfg.model.encoder
-        if cfg.model.encoder_weights != "none" and not ckpt:  # a resumed run loads its own weights
+        if not ckpt:  # a resumed run loads its own weights
             start["encoder_weights"] = cfg.model.encoder_weights
     model = create_model(arch["name"], **arch["kwargs"], **start).to(device)
     if cuda and cfg.channels_last:
