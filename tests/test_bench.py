@@ -29,11 +29,11 @@ def test_benchmark_table_and_json(tiny_run, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["device"].startswith("CPU") and (res["height"], res["width"]) == (32, 48)
     models = {r["model"] for r in res["rows"]}
-    assert models == {"unetpp (checkpoint)"} | {f"unetpp prune L{k}" for k in (1, 2, 3, 4)}
+    assert models == {"unetpp accurate"} | {f"unetpp prune L{k}" for k in (1, 2, 3, 4)}
     assert {r["backend"] for r in res["rows"]} == {"pytorch-cpu", "onnxruntime"}
     by = {(r["model"], r["backend"]): r for r in res["rows"]}
     # Pruning really removes work: head 1 has fewer parameters and FLOPs than the whole network.
-    l1, full = by[("unetpp prune L1", "pytorch-cpu")], by[("unetpp (checkpoint)", "pytorch-cpu")]
+    l1, full = by[("unetpp prune L1", "pytorch-cpu")], by[("unetpp accurate", "pytorch-cpu")]
     assert l1["params"] < full["params"] and l1["gflops"] < full["gflops"]
     assert all(
         r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"] and r["throughput_img_s"] > 0 for r in res["rows"]

@@ -32,6 +32,7 @@ def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     val = json.loads((tiny_run / "split.json").read_text())["val"]
     assert m["frames"] == len(val) and m["threshold"] == 0.5 and len(m["checkpoint_sha256"]) == 64
+    assert (m["prune"], m["head"]) == (4, "head L4") and "output head L4" in screen  # the default output
     for k in (
         "dice",
         "iou",
@@ -168,6 +169,23 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
         (
             ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--min-area", "-1"],
             "min_area must be >= 0 pixels",
+        ),
+        (
+            ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--prune", "5"],
+            "--prune takes 1..4 (0 = the mean of the heads), got 5",
+        ),
+        (
+            [
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--data",
+                str(cvc_subset),
+                "--mode",
+                "accurate",
+                "--prune",
+                "2",
+            ],
+            "--mode accurate averages the four heads; drop --prune",
         ),
     ]
     for args, msg in cases:

@@ -13,6 +13,7 @@ from tests.conftest import cli
 
 from polypseg import Predictor
 from polypseg.cli import main
+from polypseg.errors import PolypsegError
 from polypseg.imageio import read_rgb
 
 
@@ -32,6 +33,17 @@ def test_export_parity_printed(tiny_run, cvc_subset, tmp_path, capsys):
     assert diff <= 1e-3
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(meta["polypseg"])["prune"] == 2
+    # An ONNX model is fixed to its head: asking it for another is a clear error, asking for its own is fine.
+    assert Predictor.from_checkpoint(out, prune=2).head == "head L2"
+    with pytest.raises(
+        PolypsegError, match="this ONNX model is fixed to head L2; export it again with --prune"
+    ):
+        Predictor.from_checkpoint(out, prune=0)
+
+
+def test_export_defaults_to_the_deepest_head(exported):
+    p = Predictor.from_checkpoint(exported)
+    assert (p.prune, p.head) == (4, "head L4")
 
 
 def test_onnx_predictor_matches_pytorch(exported, tiny_run, cvc):

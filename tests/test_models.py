@@ -35,6 +35,29 @@ def test_accurate_is_mean_of_heads_and_prune_matches_each_head():
             assert torch.allclose(m(x), heads[level - 1], atol=1e-6)
 
 
+def test_inference_defaults_to_the_deepest_head(tiny_run):
+    """Tools build the deepest head alone unless told otherwise (prune=0 is the mean); training's
+    forward with heads=True is unaffected; a single-head model refuses a head number."""
+    from polypseg.checkpoint import build_model, load_checkpoint
+    from polypseg.models import DEFAULT_HEAD, set_head
+
+    ck = load_checkpoint(tiny_run / "best.pt")
+    x = torch.rand(1, 3, 32, 48) * 255
+    with torch.no_grad():
+        default, mean = build_model(ck), build_model(ck, prune=0)
+        heads = mean(x, heads=True)
+        assert DEFAULT_HEAD == 4 and default.prune == 4 and mean.prune == 0
+        assert torch.allclose(default(x), heads[3], atol=1e-6)
+        assert torch.allclose(mean(x), torch.stack(heads).mean(0), atol=1e-6)
+        assert all(torch.equal(a, b) for a, b in zip(default(x, heads=True), heads, strict=True))
+    unet = create_model("unet", width=4)
+    assert set_head(unet) is unet and set_head(unet, 0) is unet
+    with pytest.raises(PolypsegError, match="--prune needs a deep-supervision UNet"):
+        set_head(unet, 2)
+    with pytest.raises(PolypsegError, match="--prune takes 1..4"):
+        set_head(create_model("unetpp", width=4), -1)
+
+
 def test_prune_skips_work():
     from torch.utils.flop_counter import FlopCounterMode
 

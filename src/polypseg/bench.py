@@ -92,12 +92,14 @@ def bench_onnx(model, h, w, iters, batch) -> dict:
 
 
 def candidates(ck: dict | None):
-    """(label, model) pairs: a loaded checkpoint (accurate + each pruned head) or the default architectures."""
+    """(label, model) pairs: a loaded checkpoint (mean of heads + each pruned head) or the default architectures."""
     if ck:
-        yield f"{ck['arch']['name']} (checkpoint)", build_model(ck)
-        if ck["arch"].get("kwargs", {}).get("deep_supervision"):
-            for level in (1, 2, 3, 4):
-                yield f"{ck['arch']['name']} prune L{level}", build_model(ck, prune=level)
+        if not ck["arch"].get("kwargs", {}).get("deep_supervision"):
+            yield f"{ck['arch']['name']} (checkpoint)", build_model(ck)
+            return
+        yield f"{ck['arch']['name']} accurate", build_model(ck, prune=0)
+        for level in (1, 2, 3, 4):
+            yield f"{ck['arch']['name']} prune L{level}", build_model(ck, prune=level)
         return
     yield "unet w32", create_model("unet", width=32)
     yield "unetpp w32 accurate", create_model("unetpp", width=32)

@@ -23,7 +23,7 @@ from torch import nn
 
 from polypseg import __version__, atomic
 from polypseg.errors import PolypsegError
-from polypseg.models import MODELS, create_model
+from polypseg.models import MODELS, create_model, set_head
 from polypseg.models.blocks import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "polypseg-checkpoint"
@@ -101,7 +101,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def build_model(ckpt: dict, prune: int | None = None) -> nn.Module:
-    """The model a checkpoint describes, with its weights, in eval mode."""
+    """The model a checkpoint describes, with its weights, in eval mode; `prune` as in `set_head`
+    (None: the deepest head alone, 0: the mean of the heads, 1..4: that head's sub-network)."""
     arch = ckpt["arch"]
     model = create_model(arch["name"], **arch.get("kwargs", {}))
     try:
@@ -112,13 +113,7 @@ def build_model(ckpt: dict, prune: int | None = None) -> nn.Module:
         raise PolypsegError(
             f"weights do not fit architecture {arch['name']}: {str(e).splitlines()[0]}"
         ) from None
-    if prune:
-        if not getattr(model, "deep_supervision", False):
-            raise PolypsegError(f"--prune needs a deep-supervision UNet++; this model is {arch['name']}")
-        if not 1 <= prune <= 4:
-            raise PolypsegError("--prune takes 1..4")
-        model.prune = prune
-    return model.eval()
+    return set_head(model, prune).eval()
 
 
 def save_safetensors(ckpt: dict, path: str | os.PathLike, half: bool = True) -> None:

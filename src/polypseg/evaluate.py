@@ -338,7 +338,8 @@ def evaluate(
         "checkpoint": str(ckpt_path),
         "checkpoint_sha256": sha256_of(ckpt_path),
         "model": predictor.meta.get("arch"),
-        "prune": prune,
+        "prune": predictor.prune,
+        "head": predictor.head,
         "tta": tta,
         "data": str(dataset.root),
         "dataset_fingerprint": content_fingerprint(chosen),
@@ -390,7 +391,8 @@ def format_table(m: dict) -> str:
     s, d, c = m["segmentation"], m["detection"], m["classification"]
     f = lambda v: "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
     lines = [
-        f"{m['data']}: {m['frames']} frames ({m['polyp_frames']} with polyps), {m['split']}; threshold {m['threshold']}",
+        f"{m['data']}: {m['frames']} frames ({m['polyp_frames']} with polyps), {m['split']}; threshold {m['threshold']}; "
+        f"output {m.get('head', 'mean of the four heads')}{', flip TTA' if m.get('tta') else ''}",
         "segmentation (frames with a polyp, mean per image)",
         f"  Dice@{m['threshold']:<5} {f(s['dice'])}   IoU@{m['threshold']:<5} {f(s['iou'])}   "
         f"mDice(256 thr) {f(s['mdice'])}   mIoU(256 thr) {f(s['miou'])}",

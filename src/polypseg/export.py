@@ -101,7 +101,7 @@ def export_onnx(
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     desc = describe(ckpt)
-    desc["prune"] = prune or 0
+    desc["prune"] = getattr(model, "prune", 0)
     desc["onnx"] = {
         "input": "image (B,3,H,W) uint8 RGB",
         "output": "probability (B,1,H,W) float32",
@@ -113,7 +113,7 @@ def export_onnx(
         entry = m.metadata_props.add()
         entry.key, entry.value = "polypseg", json.dumps(desc)
         onnx.save(m, str(tmp))
-    report = {"onnx": str(out_path), "input_size": [h, w], "prune": prune or 0}
+    report = {"onnx": str(out_path), "input_size": [h, w], "prune": desc["prune"]}
     if verify:
         frames = _sample_frames(data, h, w)
         session, _ = load_onnx(out_path)

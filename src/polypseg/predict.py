@@ -33,6 +33,7 @@ from polypseg.detection import components
 from polypseg.devices import device_name, pick_device
 from polypseg.errors import PolypsegError
 from polypseg.imageio import VIDEO_EXTENSIONS, read_rgb, resize_to, sniff_image, to_rgb_uint8, write_png
+from polypseg.models import head_name
 
 BUNDLED = {"full": "unetpp_cvc.safetensors", "fast": "unetpp_fast_cvc.safetensors"}
 
@@ -75,6 +76,11 @@ class Prediction:
         }
 
 
+def _head(meta: dict) -> str:
+    ds = bool((meta.get("arch") or {}).get("kwargs", {}).get("deep_supervision", False))
+    return head_name(int(meta.get("prune", 0)), ds)
+
+
 class Predictor:
     """Run a polyp model on RGB uint8 frames.
 
@@ -103,6 +109,8 @@ class Predictor:
         self.threshold = float(threshold if threshold is not None else meta.get("threshold", 0.5))
         self.tta = tta
         self.min_area = min_area
+        self.prune = int(meta.get("prune", 0))  # 0: the mean of the heads (or a single-head model)
+        self.head = _head(meta)
 
     @classmethod
     def from_checkpoint(
@@ -114,18 +122,21 @@ class Predictor:
         tta: bool = False,
         min_area: int = 50,
     ) -> Predictor:
+        """`path`: a .pt, .safetensors or .onnx file, or "full"/"fast" (None: the bundled full model).
+        `prune`: None = the deepest head alone, 0 = the mean of the four heads, 1..4 = that head's
+        sub-network (an ONNX model is fixed to the head it was exported with)."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise PolypsegError(f"threshold must be in 0..1 (a probability), got {threshold}")
         if min_area < 0:
             raise PolypsegError(f"min_area must be >= 0 pixels, got {min_area}")
-        path = resolve_checkpoint(path, "fast" if prune else "full")
+        path = resolve_checkpoint(path)
         if path.suffix == ".onnx":
             from polypseg.export import load_onnx
 
             session, meta = load_onnx(path)
-            if prune:
+            if prune is not None and prune != meta.get("prune", 0):
                 raise PolypsegError(
-                    "an ONNX model is already fixed to one head; export it with --prune instead"
+                    f"this ONNX model is fixed to {_head(meta)}; export it again with --prune instead"
                 )
             return cls(None, meta, torch.device("cpu"), threshold, tta, min_area, onnx_session=session)
         ckpt = load_checkpoint(path)
@@ -135,6 +146,7 @@ class Predictor:
             model = model.to(memory_format=torch.channels_last)
         meta = describe(ckpt)
         meta["checkpoint_path"] = str(path)
+        meta["prune"] = getattr(model, "prune", 0)
         return cls(model, meta, dev, threshold, tta, min_area)
 
     @torch.no_grad()

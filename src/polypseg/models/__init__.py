@@ -10,6 +10,10 @@ from polypseg.models.unetpp import UNetPlusPlus
 
 MODELS: dict[str, type[nn.Module]] = {"unetpp": UNetPlusPlus, "unet": UNet}
 
+# What a deep-supervised UNet++ outputs at inference unless told otherwise: the deepest head alone. It
+# matched or beat the mean of the four heads on every model measured (benchmarks/NOTES.md 21, 28, 29).
+DEFAULT_HEAD = 4
+
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a model by name, e.g. ``create_model("unetpp", width=32, deep_supervision=True)``.
@@ -23,6 +27,30 @@ def create_model(name: str, **kwargs) -> nn.Module:
         return MODELS[name](**kwargs)
     except TypeError as e:
         raise PolypsegError(f"bad arguments for {name}: {e}") from None
+
+
+def set_head(model: nn.Module, head: int | None = None) -> nn.Module:
+    """Choose a deep-supervised UNet++'s inference output: None = DEFAULT_HEAD, 0 = the mean of the four
+    heads (the UNet++ paper's "accurate" mode), 1..4 = only that head's sub-network. Training, which asks
+    for every head, is unaffected. Other models have one output: an explicit head 1..4 is an error."""
+    if not getattr(model, "deep_supervision", False):
+        if head:
+            raise PolypsegError(
+                f"--prune needs a deep-supervision UNet++; this model is {type(model).__name__}"
+            )
+        return model
+    head = DEFAULT_HEAD if head is None else head
+    if not 0 <= head <= 4:
+        raise PolypsegError(f"--prune takes 1..4 (0 = the mean of the heads), got {head}")
+    model.prune = head
+    return model
+
+
+def head_name(prune: int, deep_supervision: bool) -> str:
+    """How a model's output is formed, in words, for reports: 'head L4', 'mean of the four heads'..."""
+    if not deep_supervision:
+        return "single head"
+    return f"head L{prune}" if prune else "mean of the four heads"
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -41,4 +69,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if used(n))
 
 
-__all__ = ["MODELS", "UNet", "UNetPlusPlus", "count_parameters", "create_model"]
+__all__ = [
+    "DEFAULT_HEAD",
+    "MODELS",
+    "UNet",
+    "UNetPlusPlus",
+    "count_parameters",
+    "create_model",
+    "head_name",
+    "set_head",
+]
