@@ -119,3 +119,18 @@ def test_pretrained_encoder_model_exports_with_parity(cvc_subset, tmp_path, caps
     assert cli("export", tmp_path / "lite.pt", "--out", tmp_path / "lite.onnx", "--data", cvc_subset) == 0
     diff = float(capsys.readouterr().out.split("max |p_onnx - p_torch| = ")[1].split()[0])
     assert diff <= 1e-3
+
+
+def test_safetensors_export_of_last_pt_is_the_model_alone(tiny_run, cvc, tmp_path):
+    """A last.pt (optimiser and resume state inside) exports to the bundled format: weights and description."""
+    from safetensors import safe_open
+
+    out = tmp_path / "m.safetensors"
+    assert cli("export", tiny_run / "last.pt", "--format", "safetensors", "--out", out) == 0
+    with safe_open(str(out), "pt") as f:
+        desc = json.loads(f.metadata()["polypseg"])
+    assert not {"train_state", "optimizer", "rng", "ema"} & set(desc) and desc["arch"]["name"] == "unetpp"
+    rgb = read_rgb(cvc / "PNG" / "Original" / "30.png")
+    a = Predictor.from_checkpoint(tiny_run / "last.pt", device="cpu").predict(rgb)
+    b = Predictor.from_checkpoint(out, device="cpu").predict(rgb)
+    assert np.abs(a.probability - b.probability).max() < 1e-2  # fp16 weights

@@ -123,7 +123,8 @@ def save_safetensors(ckpt: dict, path: str | os.PathLike, half: bool = True) -> 
     tensors = {
         k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()
     }
-    meta = {"polypseg": json.dumps(describe(ckpt))}
+    # A last.pt's resume state (history, RNG, best so far) is not part of what the model is.
+    meta = {"polypseg": json.dumps({k: v for k, v in describe(ckpt).items() if k != "train_state"})}
     with atomic.replacing(path) as tmp:  # which also gives the file normal permissions (safetensors: 0600)
         save_file(tensors, str(tmp), metadata=meta)
 
