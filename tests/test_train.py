@@ -120,16 +120,28 @@ def test_checkpoints_written_at_most_every_save_every_s(
         tr, "save_atomic", lambda ck, path: (writes.append((path.name, ck["epoch"])), real(ck, path))
     )
     cfg = load_config(
-        overrides=TINY + [f"data.groups={subset_groups}", "optim.epochs=3", f"save_every_s={every}"]
+        overrides=TINY
+        + [f"data.groups={subset_groups}", "optim.epochs=3", f"save_every_s={every}", "select=best"]
     )
     s = train(cfg, out=tmp_path / "run", data=cvc_subset, progress=False)
     assert [e for n, e in writes if n == "last.pt"] == [1, 2, 3][-last_writes:]
-    # best.pt always ends up holding the best epoch, however rarely it was written.
-    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == s["best_epoch"]
+    # With select=best, best.pt always ends up holding the best epoch, however rarely it was written.
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == s["best_epoch"] == s["kept_epoch"]
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     walls = [float(r["wall_s"]) for r in rows]
     assert walls == sorted(walls) and all(float(r["wall_s"]) >= float(r["elapsed_s"]) for r in rows)
     assert s["wall_seconds"] == pytest.approx(walls[-1], abs=0.01)
+
+
+def test_best_pt_holds_the_final_weights_by_default(tiny_run):
+    """The held-out frames are what `evaluate --split test` measures: by default no epoch is chosen on them."""
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    best, last = load_checkpoint(tiny_run / "best.pt"), load_checkpoint(tiny_run / "last.pt")
+    assert best["epoch"] == last["epoch"] == summary["kept_epoch"] == summary["epochs"] == 2
+    assert best["metrics"]["val_dice"] == float(
+        list(csv.DictReader(open(tiny_run / "metrics.csv")))[-1]["val_dice"]
+    )
+    assert all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
 
 
 def test_nan_loss_stops_with_clear_message(cvc_subset, subset_groups, tmp_path, capsys):

@@ -106,6 +106,10 @@ class TrainConfig:
     time_limit_s: float = 0.0  # stop after this many wall-clock seconds, validation included (0 = no limit)
     save_every_s: float = 60.0  # write last.pt (and a new best.pt) at most this often, and at the end
     early_stop: int = 0  # stop after this many validations without improvement (0 = off)
+    # Which weights best.pt keeps: "last", the final ones (validation only watches), or "best", the epoch
+    # with the highest validation Dice. The held-out frames are also what `evaluate --split test` measures,
+    # so choosing an epoch on them flatters that number (benchmarks/NOTES.md 29).
+    select: Literal["last", "best"] = "last"
     threshold: float = 0.5
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -33,7 +33,7 @@ from polypseg.ema import WeightEMA
 from polypseg.errors import PolypsegError
 from polypseg.losses import seg_loss
 from polypseg.metrics import batch_dice_iou
-from polypseg.models import count_parameters, create_model
+from polypseg.models import count_parameters, create_model, set_head
 from polypseg.step import TrainStep, make_optimizer, optimizer_state, plain_floats
 
 # elapsed_s: time in training steps; wall_s: everything since the loop started (validation and
@@ -293,6 +293,9 @@ def _train(
         if not ckpt:  # a resumed run loads its own weights
             start["encoder_weights"] = cfg.model.encoder_weights
     model = create_model(arch["name"], **arch["kwargs"], **start).to(device)
+    n_params = count_parameters(model)
+    # Validation measures what inference runs by default (the deepest head alone); training uses every head.
+    set_head(model)
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.cuda_graph and not cuda:
@@ -348,7 +351,6 @@ def _train(
         if not ckpt:
             with open(out / "metrics.csv", "w", newline="") as f:
                 csv.writer(f).writerow(CSV_FIELDS)
-        n_params = count_parameters(model)
         enc = (
             f", {cfg.model.encoder} encoder ({cfg.model.encoder_weights})"
             if cfg.model.encoder != "none"
@@ -449,7 +451,7 @@ def _train(
             since_val += 1
             if vd > best:
                 best, best_epoch, since_val = vd, epoch + 1, 0
-                if info.main:
+                if info.main and cfg.select == "best":
                     pending_best = checkpoint_dict(epoch + 1, {"val_dice": vd, "val_iou": vi}, full=False)
         early = cfg.early_stop and since_val >= cfg.early_stop
         ending = over_time or early or kill or epoch + 1 == cfg.optim.epochs
@@ -478,8 +480,10 @@ def _train(
             break
     if bar:
         bar.close()
-    if not len(x_val) and info.main:  # nothing held out: the final weights are the model
-        save_atomic(checkpoint_dict(history[-1]["epoch"], {}, full=False), out / "best.pt")
+    keep_last = cfg.select == "last" or not len(x_val)  # nothing held out: the final weights are the model
+    if keep_last and info.main and history:
+        final = {k: history[-1][k] for k in ("val_dice", "val_iou") if history[-1][k] != ""}
+        save_atomic(checkpoint_dict(history[-1]["epoch"], final, full=False), out / "best.pt")
 
     summary = {
         "run": str(out),
@@ -487,6 +491,7 @@ def _train(
         "epochs": history[-1]["epoch"] if history else start_epoch,
         "best_val_dice": best,
         "best_epoch": best_epoch,
+        "kept_epoch": (history[-1]["epoch"] if history else start_epoch) if keep_last else best_epoch,
         "train_seconds": round(elapsed, 2),
         "wall_seconds": round(wall, 2),
         "mean_img_per_s": round(float(np.mean([h["img_per_s"] for h in history[1:] or history])), 1)
@@ -496,7 +501,7 @@ def _train(
         "time_to_dice_0.90_s": time_to(history, 0.90),
         "device": device_name(device),
         "world_size": info.world_size,
-        "params": count_parameters(model),
+        "params": n_params,
         "dataset": data_info,
         "split": {
             "method": split.method,
@@ -509,11 +514,16 @@ def _train(
     if info.main:
         plot_curves(history, out / "curves.png")
         atomic.write_json(out / "summary.json", summary)
-        result = (
-            f"best val Dice@0.5 {best:.4f} at epoch {best_epoch}"
-            if best_epoch > 0
-            else "no held-out frames: best.pt holds the final weights"
-        )
+        if best_epoch <= 0:
+            result = "no held-out frames: best.pt holds the final weights"
+        elif keep_last:
+            result = (
+                f"best.pt holds the final weights (epoch {summary['kept_epoch']}, val Dice@0.5 "
+                f"{history[-1]['val_dice'] if history else ''}); the best val Dice@0.5 was {best:.4f} at "
+                f"epoch {best_epoch} (select=best keeps that epoch, chosen on the held-out frames)"
+            )
+        else:
+            result = f"best.pt holds epoch {best_epoch}, the best val Dice@0.5 ({best:.4f})"
         log(
             f"{result}; {summary['train_seconds']} s training, {summary['wall_seconds']} s wall; run folder {out}"
         )
