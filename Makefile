@@ -25,7 +25,7 @@ $(VENV)/.dev: $(VENV)/.base
 DEMO_FRAMES := $(POLYPSEG_DATA)/PolypGen-val/images/1[0-5]_*.jpg
 demo: $(VENV)/.base
 	$(VENV)/bin/polypseg data check
-	$(VENV)/bin/polypseg evaluate --checkpoint fast --mode fast --split test --out demo_out/eval --overwrite
+	$(VENV)/bin/polypseg evaluate --checkpoint fast --split test --out demo_out/eval --overwrite
 	$(VENV)/bin/polypseg predict '$(DEMO_FRAMES)' --checkpoint full --out demo_out/predict --overwrite
 	@echo "report: demo_out/eval/report.html   overlays: demo_out/predict/*_overlay.png"
 
