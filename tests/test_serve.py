@@ -76,7 +76,7 @@ def test_health_docs_page(server):
     full = load_checkpoint(bundled_checkpoint("full"))  # what the server should be running by default
     h = httpx.get(base + "/health").json()
     assert h["status"] == "ok" and h["model"] == full["arch"]
-    assert h["input"] == [full["input"]["height"], full["input"]["width"]]
+    assert h["input"] == [full["input"]["height"], full["input"]["width"]] and h["output"] == "head L4"
     assert "/predict" in httpx.get(base + "/openapi.json").json()["paths"]
     assert httpx.get(base + "/docs").status_code == 200
     assert 'id="drop"' in httpx.get(base + "/").text

@@ -1,7 +1,7 @@
 """`polypseg serve`: a FastAPI app around one Predictor.
 
   GET  /              the web page (static/index.html)
-  GET  /health        {"status": "ok", "model": ..., "device": ...}
+  GET  /health        {"status": "ok", "model": ..., "output": "head L4", "device": ...}
   POST /predict       multipart field "file" (an image), optional ?threshold=0..1
                       -> the predict JSON schema + "mask_png" and "overlay_png" as data: URLs
   GET  /docs          OpenAPI documentation
@@ -103,6 +103,7 @@ def create_app(
             "status": "ok",
             "model": predictor.meta.get("arch"),
             "input": [predictor.height, predictor.width],
+            "output": predictor.head,
             "threshold": predictor.threshold,
             "device": predictor.device_name(),
         }
