@@ -104,9 +104,8 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the weights used for validation and best.pt (0 = off)
     val_every: int = 1
     time_limit_s: float = 0.0  # stop after this many wall-clock seconds, validation included (0 = no limit)
-    save_every_s: float = (
-        60.0  # write last.pt (and, with select=best, a new best.pt) at most this often, and at the end
-    )
+    # write last.pt (and, with select=best, a new best.pt) at most this often, and at the end
+    save_every_s: float = 60.0
     early_stop: int = 0  # stop after this many validations without improvement (0 = off)
     # Which weights best.pt keeps: "last", the final ones (validation only watches), or "best", the epoch
     # with the highest validation Dice. The held-out frames are also what `evaluate --split test` measures,

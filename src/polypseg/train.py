@@ -485,13 +485,14 @@ def _train(
         final = {k: history[-1][k] for k in ("val_dice", "val_iou") if history[-1][k] != ""}
         save_atomic(checkpoint_dict(history[-1]["epoch"], final, full=False), out / "best.pt")
 
+    final_epoch = history[-1]["epoch"] if history else start_epoch
     summary = {
         "run": str(out),
         "stopped": stopped,
-        "epochs": history[-1]["epoch"] if history else start_epoch,
+        "epochs": final_epoch,
         "best_val_dice": best,
         "best_epoch": best_epoch,
-        "kept_epoch": (history[-1]["epoch"] if history else start_epoch) if keep_last else best_epoch,
+        "kept_epoch": final_epoch if keep_last else best_epoch,
         "train_seconds": round(elapsed, 2),
         "wall_seconds": round(wall, 2),
         "mean_img_per_s": round(float(np.mean([h["img_per_s"] for h in history[1:] or history])), 1)
@@ -518,8 +519,8 @@ def _train(
             result = "no held-out frames: best.pt holds the final weights"
         elif keep_last:
             result = (
-                f"best.pt holds the final weights (epoch {summary['kept_epoch']}, val Dice@0.5 "
-                f"{history[-1]['val_dice'] if history else ''}); the best val Dice@0.5 was {best:.4f} at "
+                f"best.pt holds the final weights (epoch {final_epoch}, val Dice@0.5 "
+                f"{history[-1]['val_dice']}); the best val Dice@0.5 was {best:.4f} at "
                 f"epoch {best_epoch} (select=best keeps that epoch, chosen on the held-out frames)"
             )
         else:
