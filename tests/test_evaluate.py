@@ -87,10 +87,21 @@ def test_evaluate_by_sequence(tiny_run, cvc, cvc_subset, tmp_path, capsys):
     (tmp_path / "g.csv").write_text("frame,sequence\n" + "".join(f"{n},{n % 2}\n" for n in range(1, 100)))
     sub = ("--data", cvc_subset, "--split", "all", "--device", "cpu")
     assert (
-        cli("evaluate", tiny_run / "best.pt", *sub, "--out", tmp_path / "g", "--groups", tmp_path / "g.csv")
+        cli(
+            "evaluate",
+            tiny_run / "best.pt",
+            *sub,
+            "--out",
+            tmp_path / "g",
+            "--groups",
+            tmp_path / "g.csv",
+            "--tta",
+        )
         == 0
     )
     m = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    assert m["output"] == "head L4, flip TTA" and "output head L4, flip TTA" in capsys.readouterr().out
+    assert "output head L4, flip TTA, device" in (tmp_path / "g" / "report.html").read_text()
     assert [g["sequence"] for g in m["per_sequence"]] == ["0", "1"] and m["frames"] == 40
     # Without --groups: the CSV the checkpoint was trained with (it names every frame of this data).
     assert cli("evaluate", tiny_run / "best.pt", *sub, "--out", tmp_path / "own") == 0

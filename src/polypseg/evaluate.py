@@ -341,6 +341,7 @@ def evaluate(
         "prune": predictor.prune,
         "head": predictor.head,
         "tta": tta,
+        "output": predictor.head + (", flip TTA" if tta else ""),
         "data": str(dataset.root),
         "dataset_fingerprint": content_fingerprint(chosen),
         "split": split_desc,
@@ -392,7 +393,7 @@ def format_table(m: dict) -> str:
     f = lambda v: "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
     lines = [
         f"{m['data']}: {m['frames']} frames ({m['polyp_frames']} with polyps), {m['split']}; threshold {m['threshold']}; "
-        f"output {m['head']}{', flip TTA' if m.get('tta') else ''}",
+        f"output {m['output']}",
         "segmentation (frames with a polyp, mean per image)",
         f"  Dice@{m['threshold']:<5} {f(s['dice'])}   IoU@{m['threshold']:<5} {f(s['iou'])}   "
         f"mDice(256 thr) {f(s['mdice'])}   mIoU(256 thr) {f(s['miou'])}",

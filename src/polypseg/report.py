@@ -118,13 +118,12 @@ def write_report(path, metrics: dict, rows: list[dict], thumbs: list, dice_curve
             )
         return "".join(cells)
 
-    mode = metrics["head"] + (", flip TTA" if metrics.get("tta") else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>polypseg evaluation</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:0.5em 2em 1em 0;display:inline-table;vertical-align:top}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{margin:0.6em 0}}img{{max-width:100%}}code{{background:#f3f3f3}}</style></head><body>
 <h1>polypseg evaluation</h1>
 <p>Data <code>{html.escape(metrics["data"])}</code>: {metrics["frames"]} frames ({metrics["polyp_frames"]} with a polyp), {html.escape(metrics["split"])}.<br>
-Checkpoint <code>{html.escape(metrics["checkpoint"])}</code> (sha256 {metrics["checkpoint_sha256"][:16]}…), threshold {metrics["threshold"]}, output {mode}, device {html.escape(metrics["device"])}.<br>
+Checkpoint <code>{html.escape(metrics["checkpoint"])}</code> (sha256 {metrics["checkpoint_sha256"][:16]}…), threshold {metrics["threshold"]}, output {html.escape(metrics["output"])}, device {html.escape(metrics["device"])}.<br>
 {html.escape(metrics["resize_note"])}. Frames with an empty mask are left out of the segmentation means.</p>
 <h2>Metrics</h2>
 <table><tr><th>segmentation (mean per image)</th><th></th></tr>{seg_rows}</table>
