@@ -21,7 +21,9 @@ a later failure is logged and the plan goes on.
 k mod N), for a GPU that one small run leaves idle: at 96x128 a step is mostly kernel launches
 (benchmarks/NOTES.md 19), so several processes can fill each other's gaps. Each run keeps its own
 wall-clock budget, so a lane trains fewer epochs in it than it would alone; whether N lanes win is
-what the runs' img/s say.
+what the runs' img/s say. Each lane gets an equal share of the CPU cores for its threads
+(OMP_NUM_THREADS, unless already set): N processes each with every core oversubscribe them, and on a
+2-core machine two one-thread lanes trained 1.5x the images of one two-thread run (NOTES.md 31).
 """
 
 from __future__ import annotations
@@ -149,15 +151,16 @@ def main() -> int:
 
 def run_lanes(a: argparse.Namespace, plan: list[dict], work: Path, export_dir: Path) -> int:
     """Deal the plan out to `a.lanes` child processes of this script and wait for all of them."""
-    procs = []
-    for k in range(min(a.lanes, len(plan))):
+    procs, lanes = [], min(a.lanes, len(plan))
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // lanes))
+    for k in range(lanes):
         lane_plan = work / f"plan.lane{k}.json"
         lane_plan.write_text(json.dumps(plan[k :: a.lanes], indent=1))
         cmd = [sys.executable, __file__, "--plan", str(lane_plan), "--data", a.data, "--work", str(work)]
         cmd += ["--device", a.device, "--export-dir", str(export_dir)]
         cmd += ["--after", a.after] if a.after else []
-        log(f"lane {k}: {', '.join(r['name'] for r in plan[k :: a.lanes])}")
-        env = {**os.environ, "SUITE_LANE": str(k)}
+        log(f"lane {k} ({threads} CPU threads): {', '.join(r['name'] for r in plan[k :: a.lanes])}")
+        env = {**os.environ, "SUITE_LANE": str(k), "OMP_NUM_THREADS": threads}
         procs.append(subprocess.Popen([*cmd, "--common", *a.common], env=env))
     codes = [p.wait() for p in procs]
     log(f"lanes done: exit codes {codes}")

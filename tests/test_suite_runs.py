@@ -123,6 +123,11 @@ def test_lanes_run_the_plan_in_parallel_processes(cvc_subset, subset_groups, tmp
     assert "lanes done: exit codes [0, 1]" in p.stdout
     assert json.loads((w / "c" / "summary.json").read_text())["epochs"] == 1
     assert json.loads((w / "eval_a" / "metrics.json").read_text())["segmentation"]["dice"] >= 0
+    # The lanes share the cores: each process's torch threads are its share (or what the user set).
+    share = os.environ.get("OMP_NUM_THREADS") or str(max(1, os.cpu_count() // 2))
+    assert f"lane 0 ({share} CPU threads): a, c" in p.stdout
+    for run in ("a", "c"):
+        assert json.loads((w / run / "summary.json").read_text())["device"].endswith(f", {share} threads)")
     # Every lane packs after each of its runs and at its end: lane 0 three times; lane 1 once, after the
     # run that stopped it.
     assert (tmp_path / "w.after").read_text().count("packed") == 4
