@@ -8,14 +8,18 @@
 Prints the device and writes JSON. Examples:
   python benchmarks/train_throughput.py --device cpu --width 8 --size 96 128 --seconds 40
   python benchmarks/train_throughput.py --device cuda --width 32 --size 256 256 --batch 16
+  python benchmarks/train_throughput.py --device cpu --width 8 --size 96 128 --batch 8 --loop-variants ddp2
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -115,34 +119,66 @@ LOOP_VARIANTS = {
     "graph": dict(sets=["cuda_graph=true"]),
     "b64": dict(batch=64),
     "graph-b64": dict(batch=64, sets=["cuda_graph=true"]),
+    # The same loop as two torchrun processes (gloo on CPU, NCCL on two GPUs), the batch split between
+    # them, each with half the cores for its threads (NOTES.md 31: small ops scale poorly over threads).
+    "ddp2": dict(procs=2),
 }
 
 
-def ours(data, device, width, size, batch, seconds, amp, backend, sets=()) -> float:
-    # Epoch-time img/s from the real loop (validation is outside the timed part); the first epoch is warm-up.
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(
-            overrides=[
-                f"model.width={width}",
-                f"data.height={size[0]}",
-                f"data.width={size[1]}",
-                f"optim.batch_size={batch}",
-                "optim.epochs=10000",
-                "val_every=100000",
-                f"time_limit_s={seconds}",
-                f"device={device}",
-                f"amp={str(amp).lower()}",
-                "data.split_by=frame",
-                f"augment.backend={backend}",
-                *sets,
-            ]
-        )
-        train(cfg, out=Path(tmp) / "run", data=data, progress=False)
-        import csv
+def _loop_overrides(device, width, size, batch, seconds, amp, backend, sets=()) -> list[str]:
+    return [
+        f"model.width={width}",
+        f"data.height={size[0]}",
+        f"data.width={size[1]}",
+        f"optim.batch_size={batch}",
+        "optim.epochs=10000",
+        "val_every=100000",
+        f"time_limit_s={seconds}",
+        f"device={device}",
+        f"amp={str(amp).lower()}",
+        "data.split_by=frame",
+        f"augment.backend={backend}",
+        *sets,
+    ]
 
-        rows = list(csv.DictReader(open(Path(tmp) / "run" / "metrics.csv")))
+
+def _epoch_rate(run: Path) -> float:
+    # Epoch-time img/s from the real loop (validation is outside the timed part); the first epoch is warm-up.
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
     rates = [float(r["img_per_s"]) for r in rows[1:]] or [float(rows[0]["img_per_s"])]
     return float(np.median(rates))
+
+
+def ours(data, device, width, size, batch, seconds, amp, backend, sets=()) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(overrides=_loop_overrides(device, width, size, batch, seconds, amp, backend, sets))
+        train(cfg, out=Path(tmp) / "run", data=data, progress=False)
+        return _epoch_rate(Path(tmp) / "run")
+
+
+def ours_ddp(data, device, width, size, batch, seconds, amp, sets, procs) -> float:
+    """`ours` launched as `procs` torchrun processes; img/s counts the whole batch of all of them."""
+    if str(device).startswith("cuda") and torch.cuda.device_count() < procs:
+        raise RuntimeError(f"needs {procs} GPUs, this machine has {torch.cuda.device_count()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
+        cmd += [
+            "-m",
+            "polypseg",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(Path(tmp) / "run"),
+            "--no-progress",
+        ]
+        for o in _loop_overrides(device, width, size, batch, seconds, amp, "torch", sets):
+            cmd += ["--set", o]
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if r.returncode:
+            raise RuntimeError(f"torchrun exit {r.returncode}: {(r.stderr.strip().splitlines() or [''])[-1]}")
+        return _epoch_rate(Path(tmp) / "run")
 
 
 class ConventionalDataset(torch.utils.data.Dataset):
@@ -302,7 +338,10 @@ def main():
             if "cuda_graph=true" in opts.get("sets", ()) and device.type != "cuda":
                 raise RuntimeError("CUDA graphs need a CUDA device (the loop would run eagerly)")
             sets = [*a.set, *opts.get("sets", ())]
-            v = ours(data, a.device, a.width, size, b, a.seconds, not a.no_amp, "torch", sets)
+            if opts.get("procs"):
+                v = ours_ddp(data, a.device, a.width, size, b, a.seconds, not a.no_amp, sets, opts["procs"])
+            else:
+                v = ours(data, a.device, a.width, size, b, a.seconds, not a.no_amp, "torch", sets)
             res.setdefault("loop_variants", {})[name] = {"batch": b, "img_s": round(v, 1)}
             print(f"  polypseg loop, {name:15s} (batch {b:3d}):   {v:8.1f} img/s")
         except Exception as e:  # recorded, like the network-alone variants
@@ -323,6 +362,10 @@ def main():
     if loops and "conventional_img_s" in res:
         res["speedup_vs_conventional"] = round(max(loops) / res["conventional_img_s"], 2)
         print(f"  polypseg / conventional: {res['speedup_vs_conventional']}x")
+    for name, r in res.get("loop_variants", {}).items():
+        if "img_s" in r and "conventional_img_s" in res:
+            r["vs_conventional"] = round(r["img_s"] / res["conventional_img_s"], 2)
+            print(f"  polypseg loop, {name} / conventional: {r['vs_conventional']}x")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(res, indent=1))
     print(f"wrote {a.json}")
