@@ -341,7 +341,7 @@ def evaluate(
         "prune": predictor.prune,
         "head": predictor.head,
         "tta": tta,
-        "output": predictor.head + (", flip TTA" if tta else ""),
+        "output": predictor.output,
         "data": str(dataset.root),
         "dataset_fingerprint": content_fingerprint(chosen),
         "split": split_desc,

@@ -112,6 +112,11 @@ class Predictor:
         self.prune = int(meta.get("prune", 0))  # 0: the mean of the heads (or a single-head model)
         self.head = _head(meta)
 
+    @property
+    def output(self) -> str:
+        """What this predictor returns, in words, for reports: 'head L4', 'head L4, flip TTA'..."""
+        return self.head + (", flip TTA" if self.tta else "")
+
     @classmethod
     def from_checkpoint(
         cls,

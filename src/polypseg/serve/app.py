@@ -103,7 +103,7 @@ def create_app(
             "status": "ok",
             "model": predictor.meta.get("arch"),
             "input": [predictor.height, predictor.width],
-            "output": predictor.head,
+            "output": predictor.output,
             "threshold": predictor.threshold,
             "device": predictor.device_name(),
         }
