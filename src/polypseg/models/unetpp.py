@@ -4,8 +4,8 @@ Nodes are named ``conv{i}_{j}`` / ``x{i}_{j}`` as in the paper: i is the depth (
 j the position along the nested skip pathway. Head L reads node x0_L and needs only the nodes with
 i + j <= L, so pruning to head L really skips the rest of the network.
 
-With ``encoder="efficientnet-lite0"`` the backbone column x{i}_0 is an ImageNet-pretrained EfficientNet-Lite0
-(levels at strides 2..32) instead of VGG blocks with max-pooling; the nested decoder is the same, one
+With ``encoder="efficientnet-lite0"`` (or ``-lite1``, ``-lite2``) the backbone column x{i}_0 is an
+ImageNet-pretrained EfficientNet-Lite (levels at strides 2..32) instead of VGG blocks with max-pooling; the nested decoder is the same, one
 level coarser, and the heads' logits are up-sampled 2x (bilinear) to the input's size.
 """
 
@@ -18,10 +18,11 @@ from polypseg.config import INPUT_STRIDE
 from polypseg.errors import PolypsegError
 from polypseg.models.blocks import Normalize, VGGBlock, filters
 from polypseg.models.efficientnet_lite import (
-    LITE0_CHANNELS,
-    LITE0_MEAN,
-    LITE0_STD,
-    efficientnet_lite0_levels,
+    LITE_MEAN,
+    LITE_SCALES,
+    LITE_STD,
+    efficientnet_lite_levels,
+    lite_channels,
 )
 
 ENCODERS = tuple(name for name in INPUT_STRIDE if name != "none")
@@ -35,7 +36,7 @@ class UNetPlusPlus(nn.Module):
         num_classes: output channels (1 for polyp vs background).
         deep_supervision: four 1x1 heads on x0_1..x0_4 (else one head on x0_4).
         prune: 0 = "accurate" (mean of the heads' logits); 1..4 = "fast", run only the sub-network of head L.
-        encoder: None (VGG blocks, from scratch, the seed's network) or "efficientnet-lite0"; `width` then
+        encoder: None (VGG blocks, from scratch, the seed's network) or "efficientnet-lite0" (-lite1, -lite2); `width` then
             sets only the decoder's filters.
         encoder_weights: "imagenet" to start the encoder from its ImageNet weights, None for random (a
             checkpoint's weights are loaded over it anyway).
@@ -76,11 +77,11 @@ class UNetPlusPlus(nn.Module):
             self.conv3_0 = VGGBlock(enc[2], enc[3], enc[3], **kw)
             self.conv4_0 = VGGBlock(enc[3], enc[4], enc[4], **kw)
             self.up_out = nn.Identity()
-        elif encoder == "efficientnet-lite0":
-            enc = LITE0_CHANNELS
-            self.normalize = Normalize(LITE0_MEAN, LITE0_STD)
+        elif encoder in LITE_SCALES:
+            enc = lite_channels(encoder)
+            self.normalize = Normalize(LITE_MEAN, LITE_STD)
             self.pool = nn.Identity()  # each level down-samples itself
-            levels = efficientnet_lite0_levels(encoder_weights)
+            levels = efficientnet_lite_levels(encoder, encoder_weights)
             self.conv0_0, self.conv1_0, self.conv2_0, self.conv3_0, self.conv4_0 = levels
             self.up_out = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
         else:
