@@ -170,6 +170,10 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
         ),
         (["--checkpoint", str(tmp_path / "missing.pt"), "--data", str(cvc_subset)], "checkpoint not found"),
         (
+            ["--checkpoint", str(tiny_run), "--data", str(cvc_subset)],
+            f"{tiny_run} is a folder: pass a checkpoint file such as {tiny_run / 'best.pt'}",
+        ),
+        (
             ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--groups", "nope.csv"],
             "groups file not found: nope.csv",
         ),

@@ -158,3 +158,17 @@ def test_bundled_models_are_what_the_demo_and_card_say(cvc):
     split = fast.meta["split"]
     assert sorted(split["val"]) == sorted(fold0.val) and sorted(split["train"]) == sorted(fold0.train)
     check_no_leak(Split("kfold", 0, split["train"], split["val"]), ds.names, groups)
+
+
+def test_a_folder_named_full_does_not_shadow_the_bundled_model(tmp_path, monkeypatch):
+    """`--checkpoint full` from a folder that holds a run folder called full still means the bundled model;
+    a file of that name is taken as the file."""
+    from pathlib import Path
+
+    from polypseg.predict import bundled_checkpoint, resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "full").mkdir()
+    assert resolve_checkpoint("full") == bundled_checkpoint("full")
+    (tmp_path / "fast").write_bytes(b"")
+    assert resolve_checkpoint("fast") == Path("fast")

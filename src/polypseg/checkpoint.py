@@ -86,6 +86,9 @@ def _check(ckpt, path) -> dict:
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a .pt or .safetensors checkpoint as a dict (weights only: no code is unpickled)."""
     path = Path(path)
+    if path.is_dir():
+        hint = f" such as {path / 'best.pt'}" if (path / "best.pt").is_file() else ""
+        raise PolypsegError(f"{path} is a folder: pass a checkpoint file{hint}")
     if not path.is_file():
         raise PolypsegError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":

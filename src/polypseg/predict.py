@@ -46,10 +46,11 @@ def bundled_checkpoint(which: str = "full") -> Path:
 
 
 def resolve_checkpoint(path: str | os.PathLike | None, default: str = "full") -> Path:
-    """A checkpoint path; None or the names "full"/"fast" (with no such file) mean the bundled models."""
+    """A checkpoint path; None or the names "full"/"fast" (with no such file: a folder of that name, such
+    as a run folder, does not count) mean the bundled models."""
     if path is None:
         return bundled_checkpoint(default)
-    if str(path) in BUNDLED and not Path(path).exists():
+    if str(path) in BUNDLED and not Path(path).is_file():
         return bundled_checkpoint(str(path))
     return Path(path)
 
