@@ -5,8 +5,9 @@ j the position along the nested skip pathway. Head L reads node x0_L and needs o
 i + j <= L, so pruning to head L really skips the rest of the network.
 
 With ``encoder="efficientnet-lite0"`` (or ``-lite1``, ``-lite2``) the backbone column x{i}_0 is an
-ImageNet-pretrained EfficientNet-Lite (levels at strides 2..32) instead of VGG blocks with max-pooling; the nested decoder is the same, one
-level coarser, and the heads' logits are up-sampled 2x (bilinear) to the input's size.
+ImageNet-pretrained EfficientNet-Lite (levels at strides 2..32) instead of VGG blocks with max-pooling; the
+nested decoder is the same, one level coarser, and the heads' logits are up-sampled 2x (bilinear) to the
+input's size.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class UNetPlusPlus(nn.Module):
         num_classes: output channels (1 for polyp vs background).
         deep_supervision: four 1x1 heads on x0_1..x0_4 (else one head on x0_4).
         prune: 0 = "accurate" (mean of the heads' logits); 1..4 = "fast", run only the sub-network of head L.
-        encoder: None (VGG blocks, from scratch, the seed's network) or "efficientnet-lite0" (-lite1, -lite2); `width` then
-            sets only the decoder's filters.
+        encoder: None (VGG blocks, from scratch, the seed's network) or "efficientnet-lite0" (-lite1,
+            -lite2); `width` then sets only the decoder's filters.
         encoder_weights: "imagenet" to start the encoder from its ImageNet weights, None for random (a
             checkpoint's weights are loaded over it anyway).
 
