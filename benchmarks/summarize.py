@@ -20,6 +20,7 @@ import math
 import statistics
 from pathlib import Path
 
+from polypseg import detection
 from polypseg.metrics import grouped_bootstrap_ci
 
 # (label, section, key, digits)
@@ -85,13 +86,13 @@ def interval(ci, sign: str = "") -> str:
     return f"95% interval {lo:{sign}.3f} to {hi:{sign}.3f}"
 
 
-def polyp_rows(dirs: list[Path]) -> dict[str, dict]:
-    """Frame name -> per_image.csv row, frames with a polyp only, over several evaluation folders."""
+def polyp_rows(dirs: list[Path], negatives: bool = False) -> dict[str, dict]:
+    """Frame name -> per_image.csv row over several evaluation folders, frames with a polyp only unless asked."""
     return {
         r["name"]: r
         for d in dirs
         for r in csv.DictReader(open(d / "per_image.csv"))
-        if r["negative"] == "False"
+        if negatives or r["negative"] == "False"
     }
 
 
@@ -136,6 +137,14 @@ def pooled(folds: list[dict], by_sequence: bool) -> tuple[str, dict]:
         f"Dice@0.5 **{d['mean']:.4f}** ({interval(d['ci95'])}), mDice **{md['mean']:.4f}** ({interval(md['ci95'])}); "
         "percentile bootstrap resampling whole sequences, 2000 draws."
     )
+    frames = list(polyp_rows([m["dir"] for m in folds], negatives=True).values())
+    if frames and "det_tp" in frames[0]:  # per-polyp counts summed over every frame, negatives included
+        tp, fp, fn = (sum(int(r[k]) for r in frames) for k in ("det_tp", "det_fp", "det_fn"))
+        det = out["detection"] = detection.rates(tp, fp, fn, len(frames))
+        text += (
+            f" Per polyp over all {len(frames)} frames: recall {det['recall']:.3f}, precision {det['precision']:.3f}, "
+            f"F1 **{det['f1']:.3f}**, {det['fp_per_frame']:.3f} false positives per frame."
+        )
     if by_sequence:
         seqs = {}
         for m in folds:

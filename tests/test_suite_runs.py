@@ -84,6 +84,13 @@ def test_plan_runs_evaluates_exports_and_goes_on_after_a_failure(cvc_subset, sub
     pooled = json.loads((tmp_path / "s.json").read_text())["folds"]["pooled"]
     seqs = {g["sequence"] for g in json.loads((w / "eval_a" / "metrics.json").read_text())["per_sequence"]}
     assert seqs and pooled["sequences"] == len(seqs) and f"({len(seqs)} sequences)" in p.stdout
+    # Per-polyp counts pooled from per_image.csv: over one evaluation, exactly what evaluate reported.
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "summarize.py"), "--json", str(tmp_path / "d.json")]
+    p = subprocess.run(cmd + ["--folds", evals[0]], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    det = json.loads((w / "eval_a" / "metrics.json").read_text())["detection"]
+    got = json.loads((tmp_path / "d.json").read_text())["folds"]["pooled"]["detection"]
+    assert {k: got[k] for k in det} == det and f"F1 **{det['f1']:.3f}**" in p.stdout
 
     # Paired: the pruned head against the full model on the same frames.
     cmd = [sys.executable, str(ROOT / "benchmarks" / "summarize.py"), "--json", str(tmp_path / "p.json")]

@@ -61,9 +61,11 @@ def match(pred: np.ndarray, gt: np.ndarray, min_area: int = 0) -> DetectionCount
 
 
 def summarize(counts: list[DetectionCounts]) -> dict:
-    tp = sum(c.tp for c in counts)
-    fp = sum(c.fp for c in counts)
-    fn = sum(c.fn for c in counts)
+    return rates(sum(c.tp for c in counts), sum(c.fp for c in counts), sum(c.fn for c in counts), len(counts))
+
+
+def rates(tp: int, fp: int, fn: int, frames: int) -> dict:
+    """Recall, precision, F1 and false positives per frame from totals over `frames` frames."""
     rec = tp / (tp + fn) if tp + fn else float("nan")
     prec = tp / (tp + fp) if tp + fp else float("nan")
     f1 = 2 * prec * rec / (prec + rec) if (prec + rec) > 0 else 0.0
@@ -74,6 +76,6 @@ def summarize(counts: list[DetectionCounts]) -> dict:
         "recall": rec,
         "precision": prec,
         "f1": f1,
-        "fp_per_frame": fp / len(counts) if counts else float("nan"),
-        "frames": len(counts),
+        "fp_per_frame": fp / frames if frames else float("nan"),
+        "frames": frames,
     }
