@@ -125,7 +125,8 @@ def pooled(folds: list[dict], by_sequence: bool) -> tuple[str, dict]:
     """The folds' held-out frames together: frame means with intervals that resample whole sequences."""
     if not all(m.get("per_sequence") for m in folds):
         return "", {}  # evaluated without sequences (or before polypseg knew them)
-    pos = list(polyp_rows([m["dir"] for m in folds]).values())
+    frames = list(polyp_rows([m["dir"] for m in folds], negatives=True).values())
+    pos = [r for r in frames if r["negative"] == "False"]
     groups = [r["group"] for r in pos]
     out = {"frames": sum(m["frames"] for m in folds), "polyp_frames": len(pos), "sequences": len(set(groups))}
     for key in ("dice", "mdice"):
@@ -137,7 +138,6 @@ def pooled(folds: list[dict], by_sequence: bool) -> tuple[str, dict]:
         f"Dice@0.5 **{d['mean']:.4f}** ({interval(d['ci95'])}), mDice **{md['mean']:.4f}** ({interval(md['ci95'])}); "
         "percentile bootstrap resampling whole sequences, 2000 draws."
     )
-    frames = list(polyp_rows([m["dir"] for m in folds], negatives=True).values())
     if frames and "det_tp" in frames[0]:  # per-polyp counts summed over every frame, negatives included
         tp, fp, fn = (sum(int(r[k]) for r in frames) for k in ("det_tp", "det_fp", "det_fn"))
         det = out["detection"] = detection.rates(tp, fp, fn, len(frames))
