@@ -1,7 +1,8 @@
 """Training throughput, side by side in one run, same model and size:
 
   network   the training step alone on synthetic tensors already on the device (the ceiling)
-  polypseg  `polypseg.train.train`: device-resident uint8 data, batch augmentation on the device, bf16 on CUDA
+  polypseg  `polypseg.train.train`: device-resident uint8 data, batch augmentation on the device, channels_last,
+            bf16 autocast where the loop uses it (CUDA; CPUs with native bf16, polypseg.devices.use_bf16)
   conventional  torch DataLoader, per-image CPU augmentation with albumentations (OpenCV if it is missing),
             fp32: what the seed and most published polyp code do
 
@@ -30,7 +31,7 @@ import torch
 
 from polypseg.config import load_config
 from polypseg.data.layouts import discover, resolve_data
-from polypseg.devices import device_name
+from polypseg.devices import device_name, native_bf16_cpu, use_bf16
 from polypseg.losses import seg_loss
 from polypseg.models import create_model
 from polypseg.step import TrainStep, make_optimizer
@@ -49,7 +50,8 @@ def network_alone(
     cuda = device.type == "cuda"
     if cuda_graph and not cuda:
         raise RuntimeError("CUDA graphs need a CUDA device")
-    fmt = torch.channels_last if cuda and channels_last else torch.contiguous_format
+    amp = amp and use_bf16(device, model)  # the loop's rule
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -58,7 +60,7 @@ def network_alone(
     y = (torch.rand(batch, 1, *size, device=device) > 0.5).float()
     net = torch.compile(model, mode=compile_mode) if compile_mode else model
     # The loop's own step (polypseg.step), so that a variant that wins here is the one the loop runs.
-    step = TrainStep(model, opt, seg_loss, amp and cuda, 1.0, net=net, cuda_graph=cuda_graph, warmup=5)
+    step = TrainStep(model, opt, seg_loss, amp, 1.0, net=net, cuda_graph=cuda_graph, warmup=5)
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t_warm = time.perf_counter()
@@ -81,6 +83,10 @@ VARIANTS = {
     "b32": dict(batch=32),
     "b64": dict(batch=64),
     "nchw": dict(channels_last=False),
+    # fp32 in the default NCHW layout is the conventional pipeline's own step: the two apart say how much
+    # of the loop's lead is precision and layout, how much the input pipeline.
+    "fp32": dict(amp=False),
+    "fp32-nchw": dict(amp=False, channels_last=False),
     "compile": dict(compile_mode="default"),
     "compile-max": dict(compile_mode="max-autotune-no-cudagraphs"),
     "compile-graphs": dict(compile_mode="reduce-overhead"),
@@ -99,7 +105,7 @@ def variants(names, device, width, size, batch, seconds, amp) -> dict:
         opts = dict(VARIANTS[name])
         b = opts.pop("batch", batch)
         try:
-            r = network_alone(device, width, size, b, seconds, amp, **opts)
+            r = network_alone(device, width, size, b, seconds, opts.pop("amp", amp), **opts)
             out[name] = {"batch": b, "img_s": round(r["img_s"], 1), "warmup_s": r["warmup_s"]}
             print(
                 f"  network alone, {name:15s} (batch {b:3d}):   {r['img_s']:8.1f} img/s  (warm-up {r['warmup_s']} s)"
@@ -314,10 +320,15 @@ def main():
         "model": f"unetpp width {a.width}",
         "size": list(size),
         "batch": a.batch,
-        "amp_bf16": (not a.no_amp) and device.type == "cuda",
+        "amp_bf16": (not a.no_amp) and use_bf16(device, create_model("unetpp", width=a.width)),
+        "native_bf16_cpu": native_bf16_cpu(),
         "loop_overrides": a.set,
     }
-    print(f"device: {res['device']}; unetpp width {a.width} at {size[0]}x{size[1]}, batch {a.batch}")
+    precision = "bf16 autocast" if res["amp_bf16"] else "fp32"
+    print(
+        f"device: {res['device']}; unetpp width {a.width} at {size[0]}x{size[1]}, batch {a.batch}; "
+        f"loop: {precision}, channels_last"
+    )
     res["network_alone_img_s"] = round(
         network_alone(device, a.width, size, a.batch, a.seconds, not a.no_amp)["img_s"], 1
     )
@@ -354,7 +365,7 @@ def main():
             lib,
             a.workers,
         )
-        print(f"  conventional (DataLoader x{a.workers}, {lib}, fp32): {v:8.1f} img/s")
+        print(f"  conventional (DataLoader x{a.workers}, {lib}, fp32 NCHW): {v:8.1f} img/s")
     loops = [res[k] for k in res if k.startswith("polypseg_")]
     if loops:
         res["loop_vs_network"] = round(max(loops) / res["network_alone_img_s"], 3)

@@ -83,3 +83,15 @@ def test_graph_step_refuses_a_cpu_model():
     opt = make_optimizer(model.parameters(), 1e-3, 0.0, torch.device("cpu"))
     with pytest.raises(ValueError, match="needs the model on a CUDA device"):
         TrainStep(model, opt, seg_loss, amp=False, grad_clip=1.0, cuda_graph=True)
+
+
+def test_bf16_where_it_is_faster():
+    """bf16 autocast: always on CUDA; on a CPU only with native bf16 and no depthwise convolutions."""
+    from polypseg.devices import has_depthwise_conv, native_bf16_cpu, use_bf16
+
+    vgg = create_model("unetpp", width=4)
+    lite = create_model("unetpp", width=4, encoder="efficientnet-lite0")
+    assert not has_depthwise_conv(vgg) and has_depthwise_conv(lite)
+    assert use_bf16(torch.device("cuda"), vgg) and use_bf16(torch.device("cuda"), lite)
+    assert use_bf16(torch.device("cpu"), vgg) == native_bf16_cpu()
+    assert not use_bf16(torch.device("cpu"), lite)

@@ -96,7 +96,7 @@ class LossConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # bf16 autocast where it is faster: CUDA, and CPUs with native bf16 (devices.use_bf16)
     channels_last: bool = True
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (

@@ -28,7 +28,7 @@ from polypseg.data.cache import content_fingerprint, load_decoded
 from polypseg.data.layouts import discover
 from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
 from polypseg.data.validate import validate
-from polypseg.devices import device_name
+from polypseg.devices import device_name, use_bf16
 from polypseg.ema import WeightEMA
 from polypseg.errors import PolypsegError
 from polypseg.losses import seg_loss
@@ -107,14 +107,14 @@ def prepare_data(
 
 @torch.no_grad()
 def evaluate_tensors(
-    model, images, masks, batch_size: int, amp: bool, threshold: float = 0.5
+    model, images, masks, batch_size: int, amp: bool, threshold: float = 0.5, channels_last: bool = False
 ) -> tuple[float, float]:
     """Mean Dice and IoU at `threshold` over frames with a non-empty mask (network resolution)."""
     model.eval()
     dices, ious, keep = [], [], []
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size].float()
-        if x.is_cuda:
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
@@ -243,7 +243,6 @@ def _train(
     cfg, out, data, images, masks, ckpt, cache_dir, progress, stop_after_epoch, info, device, log
 ) -> dict:
     cuda = device.type == "cuda"
-    amp = cfg.amp and cuda
     if cfg.cuda_graph and cfg.compile:
         raise PolypsegError("train.cuda_graph and train.compile do not go together; turn one of them off")
     if cfg.cuda_graph and info.enabled and cuda:
@@ -296,7 +295,9 @@ def _train(
     n_params = count_parameters(model)
     # Validation measures what inference runs by default (the deepest head alone); training uses every head.
     set_head(model)
-    if cuda and cfg.channels_last:
+    amp = cfg.amp and use_bf16(device, model)
+    precision = ("bf16 autocast" if amp else "fp32") + (", channels_last" if cfg.channels_last else "")
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.cuda_graph and not cuda:
         log("note: cuda_graph is ignored on the CPU")
@@ -359,7 +360,7 @@ def _train(
         log(
             f"training {cfg.model.name} (width {cfg.model.width}{enc}, {n_params / 1e6:.2f}M params) "
             f"on {device_name(device)}"
-            f"{f' x{info.world_size}' if info.enabled else ''}; {n_train} train / {len(x_val)} val frames "
+            f"{f' x{info.world_size}' if info.enabled else ''} ({precision}); {n_train} train / {len(x_val)} val frames "
             f"at {cfg.data.height}x{cfg.data.width}; split: {split.method}; {data_info['groups']}"
         )
 
@@ -412,7 +413,7 @@ def _train(
         for s in range(steps_per_epoch):
             idx = perm[s * batch + info.rank * local_batch : s * batch + (info.rank + 1) * local_batch]
             x, y = augment(x_train[idx], y_train[idx])
-            if cuda and cfg.channels_last:
+            if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = step(x, y)
             sched.step()
@@ -446,7 +447,7 @@ def _train(
         # Validate, keep the best checkpoint (rank 0 writes; all ranks compute, so none waits).
         last_epoch = epoch + 1 == cfg.optim.epochs or over_time
         if len(x_val) and ((epoch + 1) % cfg.val_every == 0 or last_epoch):
-            vd, vi = evaluate_tensors(eval_model, x_val, y_val, 32, amp, cfg.threshold)
+            vd, vi = evaluate_tensors(eval_model, x_val, y_val, 32, amp, cfg.threshold, cfg.channels_last)
             row["val_dice"], row["val_iou"] = round(vd, 5), round(vi, 5)
             since_val += 1
             if vd > best:
@@ -501,6 +502,7 @@ def _train(
         "time_to_dice_0.85_s": time_to(history, 0.85),
         "time_to_dice_0.90_s": time_to(history, 0.90),
         "device": device_name(device),
+        "precision": precision,
         "world_size": info.world_size,
         "params": n_params,
         "dataset": data_info,
