@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from polypseg.checkpoint import build_model, load_checkpoint
-from polypseg.devices import device_name, pick_device
+from polypseg.devices import device_name, pick_device, use_bf16
 from polypseg.models import count_parameters, create_model
 
 
@@ -51,26 +51,26 @@ def _summary(lat_ms: list[float], thr_ms: list[float], batch: int, precision: st
 
 def bench_torch(model, device, h, w, iters, batch) -> dict:
     cuda = device.type == "cuda"
-    model = model.to(device).eval()
+    # As the Predictor runs it: channels_last, bf16 autocast where devices.use_bf16 says so.
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    amp = use_bf16(device, model)
     if cuda:
-        model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def run(b):
         x = torch.randint(0, 256, (b, 3, h, w), dtype=torch.uint8, device=device).float()
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
         def f():
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 torch.sigmoid(model(x))
 
         return f
 
     lat = _time(run(1), iters, sync)
     thr = _time(run(batch), max(3, iters // 4), sync)
-    return _summary(lat, thr, batch, "bf16" if cuda else "fp32")
+    return _summary(lat, thr, batch, "bf16" if amp else "fp32")
 
 
 def bench_onnx(model, h, w, iters, batch) -> dict:

@@ -360,6 +360,7 @@ def evaluate(
         "classification": cls,
         "negatives": negatives,
         "device": predictor.device_name(),
+        "precision": predictor.precision,
     }
 
     # Write everything into a temp folder, then move it into place: no half-written reports.

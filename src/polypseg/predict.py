@@ -30,7 +30,7 @@ from scipy import ndimage
 from polypseg import atomic
 from polypseg.checkpoint import build_model, describe, load_checkpoint
 from polypseg.detection import components
-from polypseg.devices import device_name, pick_device
+from polypseg.devices import device_name, pick_device, use_bf16
 from polypseg.errors import PolypsegError
 from polypseg.imageio import VIDEO_EXTENSIONS, read_rgb, resize_to, sniff_image, to_rgb_uint8, write_png
 from polypseg.models import head_name
@@ -112,6 +112,8 @@ class Predictor:
         self.min_area = min_area
         self.prune = int(meta.get("prune", 0))  # 0: the mean of the heads (or a single-head model)
         self.head = _head(meta)
+        # bf16 where the training loop uses it (CUDA; a CPU with native bf16 and no depthwise convolutions)
+        self.amp = net is not None and meta.get("precision") == "bf16 autocast"
 
     @property
     def output(self) -> str:
@@ -147,10 +149,10 @@ class Predictor:
             return cls(None, meta, torch.device("cpu"), threshold, tta, min_area, onnx_session=session)
         ckpt = load_checkpoint(path)
         dev = pick_device(device)
-        model = build_model(ckpt, prune).to(dev)
-        if dev.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        # channels_last is faster on CUDA and, with PyTorch 2.13's oneDNN, on the CPU too (NOTES.md 36).
+        model = build_model(ckpt, prune).to(dev).to(memory_format=torch.channels_last)
         meta = describe(ckpt)
+        meta["precision"] = "bf16 autocast" if use_bf16(dev, model) else "fp32"
         meta["checkpoint_path"] = str(path)
         meta["prune"] = getattr(model, "prune", 0)
         return cls(model, meta, dev, threshold, tta, min_area)
@@ -168,9 +170,8 @@ class Predictor:
             ]
             return np.concatenate(outs)[:, 0]
         t = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float()
-        if self.device.type == "cuda":
-            t = t.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        t = t.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return torch.sigmoid(self.net(t).float())[:, 0].cpu().numpy()
 
     def network_probabilities(self, frames: list[np.ndarray]) -> np.ndarray:
@@ -222,6 +223,10 @@ class Predictor:
         if self.session is not None:
             return f"CPU (ONNX Runtime, {self.session.get_providers()[0]})"
         return device_name(self.device)
+
+    @property
+    def precision(self) -> str:
+        return "bf16 autocast" if self.amp else "fp32"
 
 
 def overlay(rgb: np.ndarray, pred: Prediction) -> np.ndarray:
@@ -431,7 +436,7 @@ def predict_paths(
         print(f"skipped: {msg}", file=sys.stderr)
     print(
         f"{done} input(s), {frames_done} frame(s) in {dt:.1f} s ({frames_done / max(dt, 1e-9):.1f} frames/s on "
-        f"{p.device_name()}); outputs in {out_dir}"
+        f"{p.device_name()}, {p.precision}); outputs in {out_dir}"
     )
     if not done:
         raise PolypsegError("nothing could be processed")
