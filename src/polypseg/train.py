@@ -1,8 +1,9 @@
 """The training loop: one function for CPU, GPU and DDP (torchrun), reading top to bottom.
 
 The decoded dataset lives on the training device as uint8; each step samples a batch there,
-augments it there in one go, and runs the step under bf16 autocast on CUDA. The only host syncs
-are once per epoch (loss) and at validation.
+augments it there in one go, and runs the step in channels_last under bf16 autocast where that is faster
+(CUDA; a CPU with native bf16: devices.use_bf16). The only host syncs are once per epoch (loss) and at
+validation.
 """
 
 from __future__ import annotations
