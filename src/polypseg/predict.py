@@ -113,7 +113,7 @@ class Predictor:
         self.prune = int(meta.get("prune", 0))  # 0: the mean of the heads (or a single-head model)
         self.head = _head(meta)
         # bf16 where the training loop uses it (CUDA; a CPU with native bf16 and no depthwise convolutions)
-        self.amp = net is not None and meta.get("precision") == "bf16 autocast"
+        self.amp = net is not None and use_bf16(device, net)
 
     @property
     def output(self) -> str:
@@ -152,7 +152,6 @@ class Predictor:
         # channels_last is faster on CUDA and, with PyTorch 2.13's oneDNN, on the CPU too (NOTES.md 36).
         model = build_model(ckpt, prune).to(dev).to(memory_format=torch.channels_last)
         meta = describe(ckpt)
-        meta["precision"] = "bf16 autocast" if use_bf16(dev, model) else "fp32"
         meta["checkpoint_path"] = str(path)
         meta["prune"] = getattr(model, "prune", 0)
         return cls(model, meta, dev, threshold, tta, min_area)
