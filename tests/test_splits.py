@@ -79,3 +79,26 @@ def test_groups_csv_and_default(cvc_subset, subset_groups):
     assert len(set(groups)) == 4 and "groups from" in src
     groups, src = load_groups(ds)
     assert len(set(groups)) == 40 and "each frame is its own group" in src
+
+
+def test_train_fraction_keeps_whole_groups_nested_and_leaves_validation_alone(cvc_groups):
+    names, groups = cvc_groups
+    full = make_split(names, groups, "kfold", folds=5, fold=1, seed=0)
+    group_of = dict(zip(names, groups))
+    train_groups = {group_of[n] for n in full.train}
+    kept = {}
+    for f in (0.25, 0.5, 0.75):
+        s = make_split(names, groups, "kfold", folds=5, fold=1, seed=0, train_fraction=f)
+        assert s.val == full.val and s.val_groups == full.val_groups
+        kept[f] = {group_of[n] for n in s.train}
+        assert len(kept[f]) == round(f * len(train_groups))
+        # whole sequences only: every frame of a kept sequence trains
+        assert s.train == [n for n in full.train if group_of[n] in kept[f]]
+        check_no_leak(s, names, groups)
+        assert Split.from_dict(s.to_dict()) == s
+    assert kept[0.25] < kept[0.5] < kept[0.75] < train_groups
+    # a frame split subsamples frames; the smallest fraction still keeps one
+    s = make_split(names, groups, "frame", seed=0, train_fraction=0.001)
+    assert len(s.train) == 1
+    with pytest.raises(PolypsegError, match="train fraction"):
+        make_split(names, groups, "kfold", train_fraction=0.0)

@@ -42,6 +42,9 @@ class DataConfig:
     fold: int = 0
     groups: str | None = None  # CSV frame,group for datasets without a built-in table
     split: str | None = None  # a split.json to reproduce instead of making one
+    # Keep this share of the training sequences (frames for a frame split), nested across fractions for
+    # one seed; validation is unchanged. For data-efficiency (learning) curves.
+    train_fraction: float = 1.0
 
 
 @dataclass
@@ -248,6 +251,7 @@ def check(cfg: TrainConfig) -> None:
             "imagenet, none or an existing weights file",
         ),
         ("data.val_fraction", d.val_fraction, 0 < d.val_fraction < 1, "between 0 and 1"),
+        ("data.train_fraction", d.train_fraction, 0 < d.train_fraction <= 1, "in (0, 1]"),
         ("data.folds", d.folds, d.folds >= 2, "at least 2"),
         ("data.fold", d.fold, 0 <= d.fold < d.folds, f"in 0..{d.folds - 1}"),
         ("model.width", cfg.model.width, cfg.model.width >= 1, ">= 1"),

@@ -91,6 +91,7 @@ def prepare_data(
             folds=cfg.data.folds,
             fold=cfg.data.fold,
             seed=cfg.seed,
+            train_fraction=cfg.data.train_fraction,
         )
     split.indices(dataset.names)  # every split name must be in this data (clear error otherwise)
     check_no_leak(split, dataset.names, groups)
@@ -358,10 +359,11 @@ def _train(
             if cfg.model.encoder != "none"
             else ""
         )
+        kept = f" (train_fraction {split.train_fraction:g})" if split.train_fraction < 1 else ""
         log(
             f"training {cfg.model.name} (width {cfg.model.width}{enc}, {n_params / 1e6:.2f}M params) "
             f"on {device_name(device)}"
-            f"{f' x{info.world_size}' if info.enabled else ''} ({precision}); {n_train} train / {len(x_val)} val frames "
+            f"{f' x{info.world_size}' if info.enabled else ''} ({precision}); {n_train} train{kept} / {len(x_val)} val frames "
             f"at {cfg.data.height}x{cfg.data.width}; split: {split.method}; {data_info['groups']}"
         )
 
@@ -513,6 +515,7 @@ def _train(
             "fold": split.fold,
             "train": len(split.train),
             "val": len(split.val),
+            "train_fraction": split.train_fraction,
         },
     }
     if info.main:

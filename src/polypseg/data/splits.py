@@ -69,6 +69,7 @@ class Split:
     fold: int | None = None
     folds: int | None = None
     val_groups: list[str] = field(default_factory=list)
+    train_fraction: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,9 +131,12 @@ def make_split(
     folds: int = 5,
     fold: int = 0,
     seed: int = 0,
+    train_fraction: float = 1.0,
 ) -> Split:
     """Grouped holdout ("group"), grouped k-fold ("kfold", fold `fold` of `folds` is val), random ("frame"),
-    or "none": every frame trains (a final model; nothing is held out, so nothing is validated)."""
+    or "none": every frame trains (a final model; nothing is held out, so nothing is validated).
+
+    `train_fraction` < 1 then keeps that share of the training groups (see `subsample_groups`)."""
     if method not in METHODS:
         raise PolypsegError(f"unknown split method {method!r}; choose from {', '.join(METHODS)}")
     if len(names) != len(groups):
@@ -172,6 +176,9 @@ def make_split(
     val = [n for i, n in enumerate(names) if i in val_idx]
     if not train or not val:
         raise PolypsegError("split leaves one side empty; use more data or another val fraction")
+    if train_fraction < 1:
+        group_of = dict(zip(names, groups if method != "frame" else names))
+        train = subsample_groups(train, [group_of[n] for n in train], train_fraction, seed)
     return Split(
         method,
         seed,
@@ -180,7 +187,23 @@ def make_split(
         fold=fold if method == "kfold" else None,
         folds=folds if method == "kfold" else None,
         val_groups=val_groups,
+        train_fraction=train_fraction,
     )
+
+
+def subsample_groups(names: list[str], groups: list[str], fraction: float, seed: int) -> list[str]:
+    """Keep the frames of round(fraction x groups) whole groups, at least one, in `names`' order.
+
+    The groups are ranked once per seed, by their own random stream (the split's draws are unchanged),
+    and the first ones kept: for one seed, a smaller fraction's frames are a subset of a larger one's,
+    so a learning curve varies only the amount of data.
+    """
+    if not 0 < fraction <= 1:
+        raise PolypsegError(f"train fraction must be in (0, 1], got {fraction}")
+    uniq = sorted(set(groups))
+    rank = np.random.default_rng([seed, 1]).permutation(len(uniq))
+    keep = {uniq[i] for i in rank[: max(1, round(fraction * len(uniq)))]}
+    return [n for n, g in zip(names, groups) if g in keep]
 
 
 def check_no_leak(split: Split, names: list[str], groups: list[str]) -> None:
