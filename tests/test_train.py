@@ -228,6 +228,12 @@ def test_split_json_reproduces(cvc_subset, subset_groups, tiny_run, tmp_path, po
     with pytest.raises(PolypsegError, match="split names"):
         cfg = load_config(overrides=TINY + ["optim.epochs=1", f"data.split={tiny_run / 'split.json'}"])
         train(cfg, out=tmp_path / "other", data=polypgen, progress=False)
+    with pytest.raises(PolypsegError, match="already fixes the training frames"):
+        cfg = load_config(
+            overrides=TINY + ["data.train_fraction=0.5", f"data.split={tiny_run / 'split.json'}"]
+        )
+        train(cfg, out=tmp_path / "half", data=cvc_subset, progress=False)
+    assert not (tmp_path / "half").exists()
 
 
 @pytest.mark.slow

@@ -81,6 +81,10 @@ def prepare_data(
     dataset.pairs = pairs
     groups, group_source = load_groups(dataset, cfg.data.groups)
     if split is None and cfg.data.split:
+        if cfg.data.train_fraction < 1:
+            raise PolypsegError(
+                "data.train_fraction applies to a split being made; data.split already fixes the training frames"
+            )
         split = Split.load(cfg.data.split)
     if split is None:
         split = make_split(
