@@ -11,6 +11,7 @@ import sys
 
 from tests.conftest import ROOT, TINY, plain_mode
 
+from polypseg.data.splits import Split, cvc_clinicdb_groups
 from polypseg.predict import Predictor
 
 
@@ -170,3 +171,61 @@ def test_devdata_carries_the_same_pixels(cvc_subset, subset_groups, tmp_path):
         carried = cv2.imread(str(out / "masks" / image.name), cv2.IMREAD_GRAYSCALE)
         assert set(np.unique(carried)) <= {0, 255} and np.array_equal(carried > 127, truth)
     assert (out / "sequences.csv").read_text() == subset_groups.read_text()
+
+
+def _fake_eval(root, name, train_frames, dice_by_frame):
+    """A run folder with split.json and an evaluation folder with per_image.csv, as the tools write them."""
+    run = root / name
+    (run / "eval").mkdir(parents=True)
+    Split("kfold", 0, train=train_frames, val=list(dice_by_frame), fold=0, folds=5).save(run / "split.json")
+    (run / "eval" / "metrics.json").write_text(json.dumps({"checkpoint": str(run / "best.pt")}))
+    table = cvc_clinicdb_groups()
+    rows = ["name,group,negative,dice"] + [f"{n},{table[n]},False,{d}" for n, d in dice_by_frame.items()]
+    (run / "eval" / "per_image.csv").write_text("\n".join(rows) + "\n")
+    return run / "eval"
+
+
+def test_learning_curve_pools_the_same_frames_and_fits_dice_per_doubling(tmp_path):
+    # CVC-ClinicDB frames 1-25 are sequence 1, 26-50 sequence 2; training on 6 and then 12 sequences
+    # (frames of sequences 3-8 and 3-14) lifts sequence 1 from 0.5 to 0.6 and sequence 2 from 0.7 to 0.8.
+    table = cvc_clinicdb_groups()
+    held = [n for n in table if table[n] in ("1", "2")]
+    train = {k: [n for n in table if 3 <= int(table[n]) <= 2 + k] for k in (6, 12)}
+    lift = {6: 0.0, 12: 0.1}
+    evals = {
+        k: _fake_eval(
+            tmp_path, f"lc{k}", train[k], {n: (0.5 if table[n] == "1" else 0.7) + lift[k] for n in held}
+        )
+        for k in (6, 12)
+    }
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "learning_curve.py"), "--hard", "1"]
+    cmd += [
+        "--point",
+        "0.5",
+        str(evals[6]),
+        "--point",
+        "1",
+        str(evals[12]),
+        "--json",
+        str(tmp_path / "lc.json"),
+    ]
+    cmd += ["--plot", str(tmp_path / "lc.png")]
+    p = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads((tmp_path / "lc.json").read_text())
+    n1 = sum(table[n] == "1" for n in held)
+    pooled = (0.5 * n1 + 0.7 * (len(held) - n1)) / len(held)
+    pts = out["points"]
+    assert [p["train_sequences"] for p in pts] == [6, 12] and out["sequences"] == 2
+    assert abs(pts[0]["dice"] - pooled) < 1e-12 and abs(pts[1]["dice"] - pooled - 0.1) < 1e-12
+    assert abs(pts[0]["dice_hard"] - 0.5) < 1e-12 and abs(pts[1]["dice_rest"] - 0.8) < 1e-12
+    # One doubling of the sequences gave +0.1 on every frame: so does the slope and every bootstrap draw.
+    assert abs(out["per_doubling"]["mean"] - 0.1) < 1e-9
+    assert all(abs(v - 0.1) < 1e-9 for v in out["per_doubling"]["ci95"])
+    reach = 12 * 2 ** ((0.85 - pooled - 0.1) / 0.1)
+    assert abs(out["sequences_for_target"]["extrapolated"] - reach) < 1e-6 * reach
+    assert (tmp_path / "lc.png").stat().st_size > 0 and "an extrapolation" in p.stdout
+    bad = subprocess.run(cmd[:2] + ["--point", "1", str(evals[6])], capture_output=True, text=True)
+    assert bad.returncode == 2 and "at least two --point" in bad.stderr
