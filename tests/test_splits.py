@@ -97,6 +97,9 @@ def test_train_fraction_keeps_whole_groups_nested_and_leaves_validation_alone(cv
         check_no_leak(s, names, groups)
         assert Split.from_dict(s.to_dict()) == s
     assert kept[0.25] < kept[0.5] < kept[0.75] < train_groups
+    # a final model (nothing held out) takes whole sequences too
+    s = make_split(names, groups, "none", seed=0, train_fraction=0.5)
+    assert len({group_of[n] for n in s.train}) == round(0.5 * 29) and not s.val
     # a frame split subsamples frames; the smallest fraction still keeps one
     s = make_split(names, groups, "frame", seed=0, train_fraction=0.001)
     assert len(s.train) == 1

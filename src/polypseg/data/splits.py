@@ -144,7 +144,10 @@ def make_split(
     rng = np.random.default_rng(seed)
     garr = np.asarray(groups)
     if method == "none":
-        return Split(method, seed, list(names), [])
+        train = list(names)
+        if train_fraction < 1:
+            train = subsample_groups(train, list(groups), train_fraction, seed)
+        return Split(method, seed, train, [], train_fraction=train_fraction)
     if method == "frame":
         perm = rng.permutation(len(names))
         n_val = max(1, round(val_fraction * len(names)))
