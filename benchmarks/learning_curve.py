@@ -6,7 +6,8 @@ frames and the points can be compared frame by frame. For each point: the pooled
 held-out frames with a polyp, over the named hard sequences and over the rest. The slope is a
 least-squares line of pooled Dice on log2(training sequences), "Dice per doubling of the data", with a
 95% interval from resampling whole test sequences (the same draw for every point, as the frames are
-shared). It also says where that line would reach a target: an extrapolation, labelled as one.
+shared), and the same slope between the last two points alone, which shows whether the curve is bending
+over. It also says where each would reach a target: extrapolations, labelled as such.
 
   python benchmarks/learning_curve.py --point 0.25 runs/LC25_{0..4}/eval --point 0.5 runs/LC50_{0..4}/eval \\
       --point 1 runs/LC100_{0..4}/eval --hard 10,4,27,1,12,28,13,23 --json lc.json --plot lc.png
@@ -100,13 +101,18 @@ def main() -> int:
     slopes = np.array([fit(x, boot[:, r])[1] for r in range(a.reps)])
     lo, hi = np.quantile(slopes, [0.025, 0.975])
     reach = 2 ** ((a.target - intercept) / slope) if slope > 0 else math.inf
+    step = np.log2(x[-1] / x[-2])
+    last = float((y[-1] - y[-2]) / step)
+    last_lo, last_hi = np.quantile((boot[-1] - boot[-2]) / step, [0.025, 0.975])
+    last_reach = x[-1] * 2 ** ((a.target - y[-1]) / last) if last > 0 else math.inf
     out = {
         "frames": len(common),
         "sequences": len(labels),
         "hard": sorted(hard),
         "points": points,
         "per_doubling": {"mean": slope, "ci95": [float(lo), float(hi)]},
-        "sequences_for_target": {"target": a.target, "extrapolated": reach},
+        "sequences_for_target": {"target": a.target, "extrapolated": reach, "last_step": last_reach},
+        "per_doubling_last_step": {"mean": last, "ci95": [float(last_lo), float(last_hi)]},
     }
     for key in ("dice_hard", "dice_rest") if hard else ():
         out[f"per_doubling_{key[5:]}"] = fit(x, np.array([p[key] for p in points]))[1]
@@ -125,17 +131,23 @@ def main() -> int:
         f"\nPer doubling of the training sequences: Dice@0.5 {slope:+.4f} (95% interval {lo:+.4f} to {hi:+.4f}, "
         f"resampling whole test sequences, {a.reps} draws)"
         + (f"; hard {out['per_doubling_hard']:+.4f}, other {out['per_doubling_rest']:+.4f}" if hard else "")
-        + f". The line reaches {a.target} at ~{reach:.0f} training sequences (an extrapolation"
-        f" beyond {x.max():.0f})."
+        + f"; between the last two points {last:+.4f} ({last_lo:+.4f} to {last_hi:+.4f}). The line reaches"
+        f" {a.target} at ~{reach:.0f} training sequences, the last step's slope at ~{last_reach:.0f}"
+        f" (extrapolations beyond {x.max():.0f})."
     )
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
     if a.plot:
-        plot(points, intercept, slope, a.target, reach, bool(hard), a.plot)
+        lines = [
+            ("log-linear fit", reach, lambda v: intercept + slope * np.log2(v)),
+            ("last step's slope", last_reach, lambda v: y[-1] + last * np.log2(v / x[-1])),
+        ]
+        plot(points, lines, a.target, bool(hard), a.plot)
     return 0
 
 
-def plot(points, intercept, slope, target, reach, hard, path: Path) -> None:
+def plot(points, lines, target, hard, path: Path) -> None:
+    """Pooled Dice per point (and hard / other sequences), each extrapolation as a dotted line to `target`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,12 +159,15 @@ def plot(points, intercept, slope, target, reach, hard, path: Path) -> None:
     if hard:
         ax.plot(x, [p["dice_rest"] for p in points], "s--", label="other sequences")
         ax.plot(x, [p["dice_hard"] for p in points], "^--", label="hard sequences")
-    end = min(max(reach, max(x)), 16 * max(x))
-    xs = np.geomspace(min(x), end, 50)
-    ax.plot(xs, intercept + slope * np.log2(xs), ":", color="grey", label="log-linear fit, extrapolated")
+    ends = []
+    for (label, reach, f), style in zip(lines, (":", "-.")):
+        end = min(max(reach, max(x)), 16 * max(x))
+        ends.append(end)
+        xs = np.geomspace(min(x) if style == ":" else max(x), end, 50)
+        ax.plot(xs, f(xs), style, color="grey", label=f"{label}, extrapolated")
     ax.axhline(target, color="red", lw=0.8)
     ax.set(xscale="log", xlabel="training sequences (mean over folds)", ylabel="pooled Dice@0.5")
-    ticks = sorted({round(v, 1) for v in x} | ({round(end)} if end > max(x) * 1.05 else set()))
+    ticks = sorted({round(v, 1) for v in x} | {round(e) for e in ends if e > max(x) * 1.05})
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set_title("same held-out frames at every point", fontsize=9)

@@ -224,6 +224,7 @@ def test_learning_curve_pools_the_same_frames_and_fits_dice_per_doubling(tmp_pat
     # One doubling of the sequences gave +0.1 on every frame: so does the slope and every bootstrap draw.
     assert abs(out["per_doubling"]["mean"] - 0.1) < 1e-9
     assert all(abs(v - 0.1) < 1e-9 for v in out["per_doubling"]["ci95"])
+    assert abs(out["per_doubling_last_step"]["mean"] - 0.1) < 1e-9  # two points: the last step is the line
     reach = 12 * 2 ** ((0.85 - pooled - 0.1) / 0.1)
     assert abs(out["sequences_for_target"]["extrapolated"] - reach) < 1e-6 * reach
     assert (tmp_path / "lc.png").stat().st_size > 0 and "an extrapolation" in p.stdout
