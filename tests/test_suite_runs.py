@@ -227,6 +227,6 @@ def test_learning_curve_pools_the_same_frames_and_fits_dice_per_doubling(tmp_pat
     assert abs(out["per_doubling_last_step"]["mean"] - 0.1) < 1e-9  # two points: the last step is the line
     reach = 12 * 2 ** ((0.85 - pooled - 0.1) / 0.1)
     assert abs(out["sequences_for_target"]["extrapolated"] - reach) < 1e-6 * reach
-    assert (tmp_path / "lc.png").stat().st_size > 0 and "an extrapolation" in p.stdout
+    assert (tmp_path / "lc.png").stat().st_size > 0 and "(extrapolations beyond 12)" in p.stdout
     bad = subprocess.run(cmd[:2] + ["--point", "1", str(evals[6])], capture_output=True, text=True)
     assert bad.returncode == 2 and "at least two --point" in bad.stderr
