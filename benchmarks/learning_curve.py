@@ -162,13 +162,14 @@ def plot(points, lines, target, hard, path: Path) -> None:
     ends = []
     for (label, reach, f), style in zip(lines, (":", "-.")):
         end = min(max(reach, max(x)), 16 * max(x))
-        ends.append(end)
+        if end == reach:  # reaches the target inside the plot: label where
+            ends.append(end)
         xs = np.geomspace(min(x) if style == ":" else max(x), end, 50)
         ax.plot(xs, f(xs), style, color="grey", label=f"{label}, extrapolated")
     ax.axhline(target, color="red", lw=0.8)
     ax.set(xscale="log", xlabel="training sequences (mean over folds)", ylabel="pooled Dice@0.5")
-    ticks = sorted({round(v, 1) for v in x} | {round(e) for e in ends if e > max(x) * 1.05})
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ticks = sorted({round(v) for v in x} | {round(e) for e in ends if e > max(x) * 1.05})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_title("same held-out frames at every point", fontsize=9)
     ax.grid(alpha=0.3, which="both")
