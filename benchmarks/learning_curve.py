@@ -28,7 +28,10 @@ from polypseg.data.splits import Split, cvc_clinicdb_groups
 
 
 def training_sequences(m: dict) -> tuple[int, int]:
-    """(frames, sequences) the evaluated checkpoint was trained on, from its run's split.json."""
+    """(frames, sequences) the evaluated checkpoint was trained on, from its run's split.json.
+
+    Sequences are counted with CVC-ClinicDB's built-in table; on other data each frame counts as one.
+    """
     split_file = Path(m["checkpoint"]).parent / "split.json"
     if not split_file.is_file():
         raise SystemExit(f"learning_curve.py: {split_file} not found (the run folder of {m['dir']})")
