@@ -46,7 +46,7 @@ def test_eager_step_is_the_textbook_step(batch):
     assert not loss_a.requires_grad
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler\.step\(\)` before")
 def test_schedule_moves_a_tensor_learning_rate_in_place():
     # A captured step reads the learning rate from one device tensor at every replay: the scheduler
     # must fill that same tensor, not replace it, or the schedule would be frozen at capture.
