@@ -108,6 +108,39 @@ def test_pretrained_encoder_starts_from_imagenet_and_resumes_exactly(cvc_subset,
     assert model.stride == 32 and model(torch.zeros(1, 3, 64, 96, dtype=torch.uint8)).shape == (1, 1, 64, 96)
 
 
+def test_encoder_lr_scales_the_pretrained_encoder_alone(cvc_subset, subset_groups, tmp_path):
+    """optim.encoder_lr=0 leaves every ImageNet weight of the encoder as it was while the decoder learns;
+    another value gives the encoder column its own group at that multiple of the schedule's rate."""
+    from polypseg.models import create_model
+    from polypseg.train import ENCODER_LEVELS, param_groups
+
+    overrides = TINY + [
+        f"data.groups={subset_groups}",
+        "model.encoder=efficientnet-lite0",
+        "data.width=96",
+        "data.split_by=frame",
+        "optim.encoder_lr=0",
+    ]
+    train(load_config(overrides=overrides), out=tmp_path / "frozen", data=cvc_subset, progress=False)
+    trained = load_checkpoint(tmp_path / "frozen" / "last.pt")["model"]
+    start = create_model("unetpp", width=4, encoder="efficientnet-lite0", encoder_weights="imagenet")
+    names = [n for n, _ in start.named_parameters()]
+    enc = [n for n in names if n.split(".")[0] in ENCODER_LEVELS]
+    assert 0 < len(enc) < len(names)
+    start_sd = start.state_dict()
+    assert all(torch.equal(trained[n], start_sd[n]) for n in enc)
+    assert sum(not torch.equal(trained[n], start_sd[n]) for n in names if n not in enc) > 0.9 * (
+        len(names) - len(enc)
+    )
+
+    groups = param_groups(start, 2e-3, 0.1)
+    assert [g.get("lr") for g in groups] == [None, pytest.approx(2e-4)]
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in start.parameters())
+    assert len(param_groups(start, 2e-3, 1.0)) == 1
+    with pytest.raises(PolypsegError, match="optim.encoder_lr must be 1 with model.encoder=none"):
+        load_config(overrides=["optim.encoder_lr=0.1"])
+
+
 @pytest.mark.parametrize("every,last_writes", [(0, 3), (1e9, 1)])
 def test_checkpoints_written_at_most_every_save_every_s(
     cvc_subset, subset_groups, tmp_path, monkeypatch, every, last_writes

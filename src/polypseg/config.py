@@ -81,6 +81,8 @@ class OptimConfig:
     epochs: int = 300
     batch_size: int = 16
     lr: float = 2e-3
+    # The pretrained encoder's learning rate as a multiple of lr (1 = the same; 0 = its weights stay fixed)
+    encoder_lr: float = 1.0
     weight_decay: float = 1e-4
     warmup_epochs: int = 5
     min_lr_ratio: float = 0.01
@@ -264,6 +266,13 @@ def check(cfg: TrainConfig) -> None:
         ("optim.epochs", o.epochs, o.epochs >= 1, ">= 1"),
         ("optim.batch_size", o.batch_size, o.batch_size >= 1, ">= 1"),
         ("optim.lr", o.lr, o.lr > 0, "> 0"),
+        ("optim.encoder_lr", o.encoder_lr, o.encoder_lr >= 0, ">= 0 (a multiple of optim.lr)"),
+        (
+            "optim.encoder_lr",
+            o.encoder_lr,
+            o.encoder_lr == 1 or cfg.model.encoder != "none",
+            "1 with model.encoder=none (only a pretrained encoder has a rate of its own)",
+        ),
         ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
         ("optim.warmup_epochs", o.warmup_epochs, o.warmup_epochs >= 0, ">= 0"),
         ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "in 0..1"),

@@ -42,6 +42,9 @@ from polypseg.step import TrainStep, make_optimizer, optimizer_state, plain_floa
 CSV_FIELDS = ["epoch", "elapsed_s", "wall_s", "lr", "loss", "val_dice", "val_iou", "img_per_s"]
 
 
+ENCODER_LEVELS = ("conv0_0", "conv1_0", "conv2_0", "conv3_0", "conv4_0")
+
+
 def lr_lambda(cfg: TrainConfig, steps_per_epoch: int, budget: dict | None = None):
     """Linear warm-up, then cosine decay to min_lr_ratio, per optimiser step.
 
@@ -58,6 +61,17 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int, budget: dict | None = None
         return cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     return f
+
+
+def param_groups(model: torch.nn.Module, lr: float, encoder_lr: float) -> list[dict]:
+    """The optimiser's groups: the encoder column (x{i}_0) at lr * encoder_lr, the rest at lr. One group
+    when the rates are equal, so runs without the option keep the optimiser state they always had."""
+    if encoder_lr == 1:
+        return [{"params": list(model.parameters())}]
+    enc, rest = [], []
+    for name, p in model.named_parameters():
+        (enc if name.split(".")[0] in ENCODER_LEVELS else rest).append(p)
+    return [{"params": rest}, {"params": enc, "lr": lr * encoder_lr}]
 
 
 def prepare_data(
@@ -308,7 +322,13 @@ def _train(
     if cfg.cuda_graph and not cuda:
         log("note: cuda_graph is ignored on the CPU")
     graph = cfg.cuda_graph and cuda
-    opt = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, device, graph)
+    opt = make_optimizer(
+        param_groups(model, cfg.optim.lr, cfg.optim.encoder_lr),
+        cfg.optim.lr,
+        cfg.optim.weight_decay,
+        device,
+        graph,
+    )
     budget = {"frac": 0.0}
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch, budget))
     ema = None
