@@ -141,6 +141,69 @@ def test_encoder_lr_scales_the_pretrained_encoder_alone(cvc_subset, subset_group
         load_config(overrides=["optim.encoder_lr=0.1"])
 
 
+def _tensorboard_scalars(run) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard shows for a run folder: tag -> [(step, value)], after its purge rules."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_logs_what_metrics_csv_holds_and_resumes_cleanly(
+    cvc_subset, subset_groups, tmp_path, capsys
+):
+    overrides = [f"data.groups={subset_groups}", "tensorboard=true", "data.split_by=frame"]
+    args = _train_args(cvc_subset, tmp_path / "run", subset_groups, *overrides[1:], "optim.epochs=3")
+    assert main(args) == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    tb = _tensorboard_scalars(tmp_path / "run")
+    assert set(tb) == {"train/loss", "train/lr", "train/img_per_s", "val/dice@0.5", "val/iou@0.5"}
+    assert tb["train/loss"] == [(int(r["epoch"]), pytest.approx(float(r["loss"]), rel=1e-6)) for r in rows]
+    assert tb["val/dice@0.5"] == [
+        (int(r["epoch"]), pytest.approx(float(r["val_dice"]), rel=1e-6)) for r in rows
+    ]
+
+    # --overwrite with a shorter run: only the new run's epochs show, not the replaced run's third.
+    assert (
+        main([*_train_args(cvc_subset, tmp_path / "run", subset_groups, *overrides[1:]), "--overwrite"]) == 0
+    )
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [step for step, _ in _tensorboard_scalars(tmp_path / "run")["train/loss"]] == [1, 2]
+    assert _tensorboard_scalars(tmp_path / "run")["train/loss"][1][1] == pytest.approx(
+        float(rows[1]["loss"]), rel=1e-6
+    )
+
+    # A run killed after it logged epoch 2 but before it saved it (last.pt still at epoch 1), resumed:
+    # epoch 2 shows once, with the resumed run's value.
+    cfg = load_config(overrides=TINY + overrides)
+    killed = tmp_path / "killed"
+    train(cfg, out=killed, data=cvc_subset, progress=False, stop_after_epoch=1)
+    epoch1 = (killed / "last.pt").read_bytes()
+    resume = ["train", "--resume", str(killed), "--data", str(cvc_subset), "--no-progress"]
+    assert main(resume) == 0
+    (killed / "last.pt").write_bytes(epoch1)
+    assert main(resume) == 0
+    loss = float(list(csv.DictReader(open(killed / "metrics.csv")))[-1]["loss"])
+    steps = _tensorboard_scalars(killed)["train/loss"]
+    assert [s for s, _ in steps] == [1, 2] and steps[1][1] == pytest.approx(loss, rel=1e-6)
+
+
+def test_tensorboard_without_the_package_is_a_one_line_error(
+    cvc_subset, subset_groups, tmp_path, capsys, monkeypatch
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a)
+    )
+    assert main(_train_args(cvc_subset, tmp_path / "run", subset_groups, "tensorboard=true")) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("tensorboard=true needs the tensorboard package: pip install 'polypseg[tensorboard]'")
+    assert "\n" not in err and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("every,last_writes", [(0, 3), (1e9, 1)])
 def test_checkpoints_written_at_most_every_save_every_s(
     cvc_subset, subset_groups, tmp_path, monkeypatch, every, last_writes

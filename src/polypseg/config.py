@@ -109,6 +109,7 @@ class TrainConfig:
     )
     cuda_graph: bool = False  # capture the whole training step in one CUDA graph (one GPU, no compile)
     ema: float = 0.0  # EMA decay of the weights used for validation and best.pt (0 = off)
+    tensorboard: bool = False  # also log each epoch to RUN/tensorboard (pip install 'polypseg[tensorboard]')
     val_every: int = 1
     time_limit_s: float = 0.0  # stop after this many wall-clock seconds, validation included (0 = no limit)
     # write last.pt (and, with select=best, a new best.pt) at most this often, and at the end

@@ -9,6 +9,7 @@ validation.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import random
@@ -40,6 +41,13 @@ from polypseg.step import TrainStep, make_optimizer, optimizer_state, plain_floa
 # elapsed_s: time in training steps; wall_s: everything since the loop started (validation and
 # checkpoint writes too), which is what time limits and time-to-Dice count.
 CSV_FIELDS = ["epoch", "elapsed_s", "wall_s", "lr", "loss", "val_dice", "val_iou", "img_per_s"]
+TB_TAGS = {
+    "loss": "train/loss",
+    "lr": "train/lr",
+    "img_per_s": "train/img_per_s",
+    "val_dice": "val/dice@0.5",
+    "val_iou": "val/iou@0.5",
+}
 
 
 ENCODER_LEVELS = ("conv0_0", "conv1_0", "conv2_0", "conv3_0", "conv4_0")
@@ -231,6 +239,10 @@ def train(
         atomic.claim_output_dir(out, overwrite, hint)
     cfg = cfg or TrainConfig()
     check_config(cfg)  # a config built in Python, not through load_config, is checked too
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise PolypsegError(
+            "tensorboard=true needs the tensorboard package: pip install 'polypseg[tensorboard]'"
+        )
     info, device = distributed.setup(cfg.device)
     log = print if info.main else (lambda *a, **k: None)
     try:
@@ -419,6 +431,13 @@ def _train(
             )
         return c
 
+    tb = None
+    if info.main and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step hides what an earlier run logged from this epoch on: the epochs after a resumed
+        # checkpoint, or all of a run that --overwrite replaced.
+        tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch + 1)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -489,6 +508,11 @@ def _train(
         if info.main:
             with open(out / "metrics.csv", "a", newline="") as f:
                 csv.DictWriter(f, CSV_FIELDS).writerow(row)
+            if tb:
+                for key, tag in TB_TAGS.items():
+                    if row[key] != "":
+                        tb.add_scalar(tag, row[key], row["epoch"])
+                tb.flush()  # a killed run keeps every epoch it logged
             now = time.perf_counter()
             if ending or now - last_save >= cfg.save_every_s:
                 if pending_best is not None:
@@ -508,6 +532,8 @@ def _train(
             break
     if bar:
         bar.close()
+    if tb:
+        tb.close()
     keep_last = cfg.select == "last" or not len(x_val)  # nothing held out: the final weights are the model
     if keep_last and info.main and history:
         final = {k: history[-1][k] for k in ("val_dice", "val_iou") if history[-1][k] != ""}
