@@ -78,3 +78,30 @@ def test_train_checks_a_config_built_in_python(tmp_path):
     with pytest.raises(PolypsegError, match="data.height must be a positive multiple of 16"):
         train(cfg, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_print_config_is_a_config_file_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from polypseg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "train",
+        "--preset",
+        "fast",
+        "--set",
+        "optim.lr=5e-4",
+        "--set",
+        "tensorboard=true",
+        "--print-config",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # no run folder, no file
+    (tmp_path / "my.yaml").write_text(printed)
+    expected = load_config(preset="fast", overrides=["optim.lr=5e-4", "tensorboard=true"])
+    assert load_config(tmp_path / "my.yaml") == expected
+    assert "encoder_lr: 1.0" in printed and "train_fraction: 1.0" in printed
+    assert main(["train", "--resume", "runs/x", "--print-config"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "polypseg: error: --print-config shows a new run's config; a run's own is runs/x/config.yaml"
+    )

@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  polypseg train --preset fast --out runs/fast\n"
         "  polypseg train --preset full --set optim.epochs=100 --set data.split_by=kfold --set data.fold=2\n"
         "  polypseg train --resume runs/fast\n"
+        "  polypseg train --preset fast --print-config > my.yaml    # every key: edit, then --config my.yaml\n"
         "  torchrun --nproc_per_node=2 -m polypseg train --preset full",
     )
     _data_args(tr)
@@ -108,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace the run in an existing --out folder")
     tr.add_argument("--cache-dir", help="decoded-data cache (default: ~/.cache/polypseg)")
     tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (defaults, --preset, --config, --set) as YAML and exit; "
+        "a file to edit and pass back with --config",
+    )
 
     ev = sub.add_parser(
         "evaluate",
@@ -223,10 +230,14 @@ def _cmd_data_download(a) -> int:
 
 
 def _cmd_train(a) -> int:
-    from polypseg.config import load_config
+    from polypseg.config import config_yaml, load_config
     from polypseg.train import train
 
     if a.resume:
+        if a.print_config:
+            raise PolypsegError(
+                f"--print-config shows a new run's config; a run's own is {a.resume}/config.yaml"
+            )
         if a.config or a.preset or a.overrides:
             raise PolypsegError("--resume continues with the run's own config; drop --config/--preset/--set")
         train(
@@ -239,6 +250,9 @@ def _cmd_train(a) -> int:
         )
         return 0
     cfg = load_config(a.config, a.preset, a.overrides)
+    if a.print_config:
+        print(config_yaml(cfg), end="")
+        return 0
     train(
         cfg,
         out=a.out or f"runs/{a.preset or 'train'}",

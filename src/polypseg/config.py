@@ -314,5 +314,10 @@ def to_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg)
 
 
+def config_yaml(cfg: TrainConfig) -> str:
+    """Every key of `cfg` as YAML, in the dataclasses' order: what config.yaml holds and --config reads."""
+    return yaml.safe_dump(asdict(cfg), sort_keys=False)
+
+
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
-    atomic.write_text(path, yaml.safe_dump(asdict(cfg), sort_keys=False))
+    atomic.write_text(path, config_yaml(cfg))
