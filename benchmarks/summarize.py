@@ -20,7 +20,7 @@ import math
 import statistics
 from pathlib import Path
 
-from polypseg import detection
+from polypseg.crossval import pool
 from polypseg.metrics import grouped_bootstrap_ci
 
 # (label, section, key, digits)
@@ -125,24 +125,17 @@ def pooled(folds: list[dict], by_sequence: bool) -> tuple[str, dict]:
     """The folds' held-out frames together: frame means with intervals that resample whole sequences."""
     if not all(m.get("per_sequence") for m in folds):
         return "", {}  # evaluated without sequences (or before polypseg knew them)
-    frames = list(polyp_rows([m["dir"] for m in folds], negatives=True).values())
-    pos = [r for r in frames if r["negative"] == "False"]
-    groups = [r["group"] for r in pos]
-    out = {"frames": sum(m["frames"] for m in folds), "polyp_frames": len(pos), "sequences": len(set(groups))}
-    for key in ("dice", "mdice"):
-        vals = [float(r[key]) for r in pos]
-        out[key] = {"mean": statistics.fmean(vals), "ci95": grouped_bootstrap_ci(vals, groups)}
+    out = pool([m["dir"] for m in folds])
     d, md = out["dice"], out["mdice"]
     text = (
-        f"Pooled over the {len(folds)} folds' {len(pos)} held-out frames with a polyp ({out['sequences']} sequences): "
+        f"Pooled over the {len(folds)} folds' {out['polyp_frames']} held-out frames with a polyp ({out['sequences']} sequences): "
         f"Dice@0.5 **{d['mean']:.4f}** ({interval(d['ci95'])}), mDice **{md['mean']:.4f}** ({interval(md['ci95'])}); "
         "percentile bootstrap resampling whole sequences, 2000 draws."
     )
-    if frames and "det_tp" in frames[0]:  # per-polyp counts summed over every frame, negatives included
-        tp, fp, fn = (sum(int(r[k]) for r in frames) for k in ("det_tp", "det_fp", "det_fn"))
-        det = out["detection"] = detection.rates(tp, fp, fn, len(frames))
+    if "detection" in out:  # per-polyp counts summed over every frame, negatives included
+        det = out["detection"]
         text += (
-            f" Per polyp over all {len(frames)} frames: recall {det['recall']:.3f}, precision {det['precision']:.3f}, "
+            f" Per polyp over all {out['frames']} frames: recall {det['recall']:.3f}, precision {det['precision']:.3f}, "
             f"F1 **{det['f1']:.3f}**, {det['fp_per_frame']:.3f} false positives per frame."
         )
     if by_sequence:

@@ -10,6 +10,31 @@ from polypseg import __version__
 from polypseg.errors import PolypsegError
 
 
+def _config_args(p: argparse.ArgumentParser) -> None:
+    """Data and config options of the commands that train."""
+    _data_args(p)
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument(
+        "--preset", choices=["fast", "full"], help="fast: CPU-friendly; full: GPU, width 32, 288x384"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. optim.lr=1e-3 (repeatable)",
+    )
+    p.add_argument("--cache-dir", help="decoded-data cache (default: ~/.cache/polypseg)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (defaults, --preset, --config, --set) as YAML and exit; "
+        "a file to edit and pass back with --config",
+    )
+
+
 def _data_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
     if positional:
         p.add_argument(
@@ -91,30 +116,21 @@ def _parser() -> argparse.ArgumentParser:
         "  polypseg train --preset fast --print-config > my.yaml    # every key: edit, then --config my.yaml\n"
         "  torchrun --nproc_per_node=2 -m polypseg train --preset full",
     )
-    _data_args(tr)
-    tr.add_argument("--config", help="YAML config file")
-    tr.add_argument(
-        "--preset", choices=["fast", "full"], help="fast: CPU-friendly; full: GPU, width 32, 288x384"
-    )
-    tr.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. optim.lr=1e-3 (repeatable)",
-    )
+    _config_args(tr)
     tr.add_argument("--out", help="run folder (default: runs/<preset or train>)")
     tr.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly")
     tr.add_argument("--overwrite", action="store_true", help="replace the run in an existing --out folder")
-    tr.add_argument("--cache-dir", help="decoded-data cache (default: ~/.cache/polypseg)")
-    tr.add_argument("--no-progress", action="store_true")
-    tr.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the resolved config (defaults, --preset, --config, --set) as YAML and exit; "
-        "a file to edit and pass back with --config",
+
+    cv = sub.add_parser(
+        "cv",
+        help="k-fold cross-validation by sequence: train, evaluate and pool every fold",
+        formatter_class=fmt,
+        epilog="examples:\n  polypseg cv --preset fast --out runs/cv_fast      # 5 folds; the same command continues it\n"
+        "  polypseg cv --preset fast --set model.encoder=efficientnet-lite0 --set data.width=96 --out runs/cv_lite0",
     )
+    _config_args(cv)
+    cv.add_argument("--out", default="runs/cv", help="folder of the folds' runs and cv.json")
+    cv.add_argument("--overwrite", action="store_true", help="train every fold again, replacing the folder")
 
     ev = sub.add_parser(
         "evaluate",
@@ -266,6 +282,27 @@ def _cmd_train(a) -> int:
     return 0
 
 
+def _cmd_cv(a) -> int:
+    from polypseg.config import config_yaml, load_config
+    from polypseg.crossval import cross_validate
+
+    cfg = load_config(a.config, a.preset, [*a.overrides, "data.split_by=kfold"])
+    if a.print_config:
+        print(config_yaml(cfg), end="")
+        return 0
+    cross_validate(
+        cfg,
+        out=a.out,
+        data=a.data,
+        images=a.images,
+        masks=a.masks,
+        cache_dir=a.cache_dir,
+        progress=not a.no_progress,
+        overwrite=a.overwrite,
+    )
+    return 0
+
+
 def _prune(a) -> int | None:
     """None (the default head) unless --prune names one; --mode accurate is the mean of the heads (0)."""
     if a.mode == "accurate":
@@ -369,6 +406,7 @@ COMMANDS = {
     ("data", "check"): _cmd_data_check,
     ("data", "download"): _cmd_data_download,
     ("train", None): _cmd_train,
+    ("cv", None): _cmd_cv,
     ("evaluate", None): _cmd_evaluate,
     ("predict", None): _cmd_predict,
     ("export", None): _cmd_export,

@@ -1,0 +1,206 @@
+"""k-fold cross-validation in one command: train every fold, evaluate it on its held-out frames, pool.
+
+Each frame is held out by exactly one fold, so the folds' evaluations together score the whole dataset
+once. The pooled means come with 95% intervals that resample whole video sequences (frames of one video
+are alike, so they are the unit of independence), next to the mean and spread over folds. Running the
+same command again continues: finished folds are kept, an interrupted one resumes from its last.pt.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import statistics
+from pathlib import Path
+
+from polypseg import atomic, detection
+from polypseg.config import TrainConfig, config_yaml, to_dict
+from polypseg.errors import PolypsegError
+from polypseg.metrics import grouped_bootstrap_ci
+
+# (label, metrics.json section, key) of the per-fold table
+FOLD_COLUMNS = [
+    ("Dice@0.5", "segmentation", "dice"),
+    ("IoU@0.5", "segmentation", "iou"),
+    ("mDice", "segmentation", "mdice"),
+    ("polyp F1", "detection", "f1"),
+    ("FP/frame", "detection", "fp_per_frame"),
+]
+
+
+def pool(eval_dirs: list[Path]) -> dict:
+    """The frames of several evaluations together (per_image.csv): mean Dice@0.5 and mDice over frames with
+    a polyp, each with an interval from a bootstrap over whole sequences (over frames when the evaluations
+    knew no sequences, which is too narrow), and per-polyp detection summed over every frame."""
+    rows = [r for d in eval_dirs for r in csv.DictReader(open(Path(d) / "per_image.csv"))]
+    pos = [r for r in rows if r["negative"] == "False"]
+    if not pos:
+        raise PolypsegError("no frame with a polyp in the evaluations to pool")
+    known = all(r["group"] for r in pos)
+    groups = [r["group"] if known else r["name"] for r in pos]
+    out = {
+        "frames": len(rows),
+        "polyp_frames": len(pos),
+        "sequences": len(set(groups)) if known else None,
+        "interval_over": "sequences" if known else "frames (no sequences known: too narrow)",
+    }
+    for key in ("dice", "iou", "mdice"):
+        vals = [float(r[key]) for r in pos]
+        out[key] = {"mean": statistics.fmean(vals), "ci95": list(grouped_bootstrap_ci(vals, groups))}
+    if "det_tp" in rows[0]:  # evaluations from before per-frame detection counts have none
+        tp, fp, fn = (sum(int(r[k]) for r in rows) for k in ("det_tp", "det_fp", "det_fn"))
+        out["detection"] = detection.rates(tp, fp, fn, len(rows))
+    return out
+
+
+def _fold_done(run: Path) -> bool:
+    """A fold whose training ended (not interrupted) and whose best.pt was written."""
+    summary = run / "summary.json"
+    if not (summary.is_file() and (run / "best.pt").is_file()):
+        return False
+    return json.loads(summary.read_text()).get("stopped") != "interrupted"
+
+
+def _same_config(a: dict, b: dict) -> bool:
+    a, b = copy.deepcopy(a), copy.deepcopy(b)
+    for d in (a, b):
+        d["data"].pop("fold", None)
+    return a == b
+
+
+def cross_validate(
+    cfg: TrainConfig,
+    out: str | os.PathLike = "runs/cv",
+    data=None,
+    images: str | None = None,
+    masks: str | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
+    """Train folds 0..k-1 of `cfg` (split_by=kfold, k = data.folds) into OUT/fold{i}, evaluate each on its
+    held-out frames into OUT/fold{i}/eval, and write OUT/cv.json with the folds and the pooled result."""
+    from polypseg.evaluate import evaluate
+    from polypseg.train import train
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise PolypsegError(
+            "cv runs its folds one after another in one process; under torchrun, train the folds one by one "
+            "(polypseg train --set data.split_by=kfold --set data.fold=F)"
+        )
+    if cfg.data.split:
+        raise PolypsegError("data.split fixes one split; cv makes its own k folds (drop data.split)")
+    cfg = copy.deepcopy(cfg)
+    cfg.data.split_by = "kfold"
+    out = Path(out)
+    saved = out / "config.yaml"
+    if saved.is_file() and not overwrite:
+        import yaml
+
+        if not _same_config(yaml.safe_load(saved.read_text()), to_dict(cfg)):
+            raise PolypsegError(
+                f"{out} holds a cross-validation with another config ({saved}); --overwrite replaces it"
+            )
+    else:
+        atomic.claim_output_dir(
+            out, overwrite, "it holds something else: choose another --out, or --overwrite replaces it"
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(saved, config_yaml(cfg))
+
+    k = cfg.data.folds
+    evals = []
+    for fold in range(k):
+        run = out / f"fold{fold}"
+        ev = run / "eval"
+        fresh = overwrite or not _fold_done(run)
+        if not fresh:
+            print(f"fold {fold}/{k}: trained before, kept ({run})")
+        elif (run / "last.pt").is_file() and not overwrite:
+            print(f"fold {fold}/{k}: continuing {run}")
+            train(resume=run, data=data, images=images, masks=masks, cache_dir=cache_dir, progress=progress)
+        else:
+            print(f"fold {fold}/{k}: training into {run}")
+            cfg_f = copy.deepcopy(cfg)
+            cfg_f.data.fold = fold
+            train(
+                cfg_f,
+                out=run,
+                data=data,
+                images=images,
+                masks=masks,
+                cache_dir=cache_dir,
+                progress=progress,
+                overwrite=True,  # this command's own fold folder
+            )
+        if fresh or not (ev / "metrics.json").is_file():
+            evaluate(
+                checkpoint=str(run / "best.pt"),
+                data=data,
+                images=images,
+                masks=masks,
+                split="test",
+                out=str(ev),
+                device=cfg.device,
+                overwrite=True,
+                progress=progress,
+                quiet=True,
+            )
+        evals.append(ev)
+
+    folds = []
+    for fold, ev in enumerate(evals):
+        m = json.loads((ev / "metrics.json").read_text())
+        folds.append(
+            {
+                "fold": fold,
+                "run": str(ev.parent),
+                "frames": m["frames"],
+                **{key: m[section][key] for _, section, key in FOLD_COLUMNS},
+            }
+        )
+    keys = [key for _, _, key in FOLD_COLUMNS]
+    result = {
+        "k": k,
+        "config": str(saved),
+        "output": m.get("output"),
+        "groups": m.get("groups"),
+        "folds": folds,
+        "mean": {key: statistics.fmean(f[key] for f in folds) for key in keys},
+        "std": {key: statistics.stdev(f[key] for f in folds) for key in keys},
+        "pooled": pool(evals),
+    }
+    atomic.write_json(out / "cv.json", result)
+    print(format_table(result))
+    print(f"results: {out / 'cv.json'}")
+    return result
+
+
+def format_table(r: dict) -> str:
+    head = f"{'fold':<6}{'frames':>7}" + "".join(f"{label:>10}" for label, _, _ in FOLD_COLUMNS)
+    lines = [
+        f"{r['k']}-fold cross-validation by {r['groups']}; each fold scored on the frames it never saw "
+        f"({r['output']})",
+        head,
+    ]
+    for f in r["folds"]:
+        lines.append(
+            f"{f['fold']:<6}{f['frames']:>7}" + "".join(f"{f[k]:>10.4f}" for _, _, k in FOLD_COLUMNS)
+        )
+    lines.append(f"{'mean':<6}{'':>7}" + "".join(f"{r['mean'][k]:>10.4f}" for _, _, k in FOLD_COLUMNS))
+    lines.append(f"{'std':<6}{'':>7}" + "".join(f"{r['std'][k]:>10.4f}" for _, _, k in FOLD_COLUMNS))
+    p = r["pooled"]
+    ci = lambda key: "{:.4f}-{:.4f}".format(*p[key]["ci95"])  # noqa: E731
+    unit = f"{p['sequences']} sequences" if p["sequences"] else "frames"
+    det = p["detection"]
+    lines.append(
+        f"pooled over all {p['polyp_frames']} frames with a polyp: Dice@0.5 {p['dice']['mean']:.4f} "
+        f"(95% {ci('dice')}), mDice {p['mdice']['mean']:.4f} ({ci('mdice')}), bootstrap over {unit}"
+    )
+    lines.append(
+        f"per polyp over all {p['frames']} frames: recall {det['recall']:.3f}, precision "
+        f"{det['precision']:.3f}, F1 {det['f1']:.3f}, {det['fp_per_frame']:.3f} false positives per frame"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""`polypseg cv`: every fold trained and scored on the frames it never saw, pooled, and continued after a kill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+from tests.conftest import TINY
+
+from polypseg.cli import main
+
+
+def _cv_args(data, groups, out, *overrides) -> list[str]:
+    args = ["cv", "--data", str(data), "--out", str(out), "--no-progress"]
+    for o in [*TINY, f"data.groups={groups}", "data.folds=2", *overrides]:
+        args += ["--set", o]
+    return args
+
+
+def test_cv_scores_every_frame_once_and_continues(cvc_subset, subset_groups, tmp_path, capsys):
+    out = tmp_path / "cv"
+    assert main(_cv_args(cvc_subset, subset_groups, out)) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((out / "cv.json").read_text())
+    assert r["k"] == 2 and [f["fold"] for f in r["folds"]] == [0, 1]
+
+    # Each fold is a normal run on its own held-out sequences; together they hold out every frame once.
+    held = []
+    for fold in (0, 1):
+        split = json.loads((out / f"fold{fold}" / "split.json").read_text())
+        assert split["method"] == "kfold" and split["fold"] == fold
+        held += split["val"]
+    assert sorted(held) == sorted(p.stem for p in (cvc_subset / "images").iterdir())
+    rows = [r for f in (0, 1) for r in csv.DictReader(open(out / f"fold{f}" / "eval" / "per_image.csv"))]
+    assert r["pooled"]["frames"] == len(rows) == 40 and r["pooled"]["sequences"] == 4
+    assert r["pooled"]["dice"]["mean"] == pytest.approx(statistics.fmean(float(x["dice"]) for x in rows))
+    lo, hi = r["pooled"]["dice"]["ci95"]
+    assert lo <= r["pooled"]["dice"]["mean"] <= hi
+    per_fold = [json.loads((out / f"fold{f}" / "eval" / "metrics.json").read_text()) for f in (0, 1)]
+    assert [f["dice"] for f in r["folds"]] == [m["segmentation"]["dice"] for m in per_fold]
+    assert r["mean"]["dice"] == pytest.approx(statistics.fmean(f["dice"] for f in r["folds"]))
+    assert "2-fold cross-validation" in printed and f"Dice@0.5 {r['pooled']['dice']['mean']:.4f}" in printed
+
+    # The same command again trains nothing; a fold killed after its last.pt is continued, not restarted.
+    kept = (out / "fold0" / "best.pt").stat().st_mtime_ns
+    for name in ("summary.json", "best.pt"):
+        (out / "fold1" / name).unlink()
+    assert main(_cv_args(cvc_subset, subset_groups, out)) == 0
+    printed = capsys.readouterr().out
+    assert "fold 0/2: trained before, kept" in printed and "fold 1/2: continuing" in printed
+    assert (out / "fold0" / "best.pt").stat().st_mtime_ns == kept
+    again = json.loads((out / "cv.json").read_text())
+    assert again["pooled"] == r["pooled"]  # the resumed fold ends with the same weights
+
+    # Another config in the same folder is refused; --overwrite replaces it.
+    assert main(_cv_args(cvc_subset, subset_groups, out, "seed=1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"polypseg: error: {out} holds a cross-validation with another config ({out / 'config.yaml'}); --overwrite replaces it"
+    )
