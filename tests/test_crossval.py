@@ -61,3 +61,31 @@ def test_cv_scores_every_frame_once_and_continues(cvc_subset, subset_groups, tmp
         err
         == f"polypseg: error: {out} holds a cross-validation with another config ({out / 'config.yaml'}); --overwrite replaces it"
     )
+
+
+def test_cv_trains_folds_side_by_side(cvc_subset, subset_groups, tmp_path, capsys):
+    out = tmp_path / "cv"
+    assert main([*_cv_args(cvc_subset, subset_groups, out), "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((out / "cv.json").read_text())
+    assert r["pooled"]["frames"] == 40 and len(r["folds"]) == 2
+    for fold in (0, 1):
+        log = (out / f"fold{fold}.log").read_text()
+        assert "CPU (x86_64, 1 threads)" in log  # each process got its share of the 2 threads
+        assert f"fold {fold}/2: training into {out / f'fold{fold}'}" in printed
+        assert (out / f"fold{fold}" / "eval" / "metrics.json").is_file()
+
+    # A fold that fails is named with its own one-line reason and log; nothing half-done is pooled.
+    bad = tmp_path / "bad"
+    assert main([*_cv_args(cvc_subset, subset_groups, bad, "optim.batch_size=64"), "--jobs", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("polypseg: error: fold 0: 20 training frames are fewer than one batch (64)")
+    assert f"(log: {bad / 'fold1.log'})" in err and len(err.splitlines()) == 1
+    assert not (bad / "cv.json").exists()
+
+
+def test_cv_refuses_bad_input_before_writing(tmp_path, capsys, cvc_subset, subset_groups):
+    assert main(_cv_args(tmp_path / "nowhere", subset_groups, tmp_path / "cv")) == 2
+    assert "nowhere" in capsys.readouterr().err and not (tmp_path / "cv").exists()
+    assert main([*_cv_args(cvc_subset, subset_groups, tmp_path / "cv"), "--jobs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "polypseg: error: --jobs must be at least 1, got 0"

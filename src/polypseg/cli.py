@@ -126,11 +126,18 @@ def _parser() -> argparse.ArgumentParser:
         help="k-fold cross-validation by sequence: train, evaluate and pool every fold",
         formatter_class=fmt,
         epilog="examples:\n  polypseg cv --preset fast --out runs/cv_fast      # 5 folds; the same command continues it\n"
+        "  polypseg cv --preset fast --jobs 2 --out runs/cv_fast   # two folds at a time, one thread each (2 cores)\n"
         "  polypseg cv --preset fast --set model.encoder=efficientnet-lite0 --set data.width=96 --out runs/cv_lite0",
     )
     _config_args(cv)
     cv.add_argument("--out", default="runs/cv", help="folder of the folds' runs and cv.json")
     cv.add_argument("--overwrite", action="store_true", help="train every fold again, replacing the folder")
+    cv.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="folds trained at once, each with a share of the CPU threads (default 1)",
+    )
 
     ev = sub.add_parser(
         "evaluate",
@@ -299,6 +306,7 @@ def _cmd_cv(a) -> int:
         cache_dir=a.cache_dir,
         progress=not a.no_progress,
         overwrite=a.overwrite,
+        jobs=a.jobs,
     )
     return 0
 

@@ -13,10 +13,14 @@ import csv
 import json
 import os
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from polypseg import atomic, detection
 from polypseg.config import TrainConfig, config_yaml, to_dict
+from polypseg.data.layouts import discover
 from polypseg.errors import PolypsegError
 from polypseg.metrics import grouped_bootstrap_ci
 
@@ -63,6 +67,45 @@ def _fold_done(run: Path) -> bool:
     return json.loads(summary.read_text()).get("stopped") != "interrupted"
 
 
+def _train_side_by_side(todo: dict, runs: list[Path], config: Path, source: dict, jobs: int) -> None:
+    """`polypseg train` processes for the folds in `todo`, at most `jobs` at a time."""
+    import torch
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // jobs))}
+    flags = []
+    for key in ("data", "images", "masks", "cache_dir"):
+        if source[key] is not None:
+            flags += [f"--{key.replace('_', '-')}", str(source[key])]
+    waiting, running, failed = list(todo.items()), {}, []
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            fold, action = waiting.pop(0)
+            run = runs[fold]
+            args = (
+                ["--resume", str(run)]
+                if action == "continue"
+                else ["--config", str(config), "--set", f"data.fold={fold}", "--out", str(run), "--overwrite"]
+            )
+            log = run.parent / f"{run.name}.log"
+            print(
+                f"fold {fold}/{len(runs)}: {'continuing' if action == 'continue' else 'training into'} {run} (log: {log})"
+            )
+            with open(log, "w") as f:
+                cmd = [sys.executable, "-m", "polypseg", "train", *args, *flags, "--no-progress"]
+                running[fold] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), log)
+        time.sleep(1)
+        for fold, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                del running[fold]
+                lines = log.read_text().strip().splitlines() or [""]
+                if proc.returncode:
+                    failed.append(f"fold {fold}: {lines[-1].removeprefix('polypseg: error: ')} (log: {log})")
+                else:
+                    print(f"fold {fold}/{len(runs)}: {lines[-1]}")
+    if failed:
+        raise PolypsegError("; ".join(failed))
+
+
 def _same_config(a: dict, b: dict) -> bool:
     a, b = copy.deepcopy(a), copy.deepcopy(b)
     for d in (a, b):
@@ -79,9 +122,14 @@ def cross_validate(
     cache_dir: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    jobs: int = 1,
 ) -> dict:
     """Train folds 0..k-1 of `cfg` (split_by=kfold, k = data.folds) into OUT/fold{i}, evaluate each on its
-    held-out frames into OUT/fold{i}/eval, and write OUT/cv.json with the folds and the pooled result."""
+    held-out frames into OUT/fold{i}/eval, and write OUT/cv.json with the folds and the pooled result.
+
+    `jobs` > 1 trains that many folds at once, each in its own process with an equal share of the CPU
+    threads (its output in OUT/fold{i}.log): on a small CPU, two one-thread runs train 1.5x the images
+    of one two-thread run (benchmarks/NOTES.md 31)."""
     from polypseg.evaluate import evaluate
     from polypseg.train import train
 
@@ -92,6 +140,9 @@ def cross_validate(
         )
     if cfg.data.split:
         raise PolypsegError("data.split fixes one split; cv makes its own k folds (drop data.split)")
+    if jobs < 1:
+        raise PolypsegError(f"--jobs must be at least 1, got {jobs}")
+    discover(data, images, masks)  # a wrong data folder is named before anything is written
     cfg = copy.deepcopy(cfg)
     cfg.data.split_by = "kfold"
     out = Path(out)
@@ -111,33 +162,32 @@ def cross_validate(
         atomic.write_text(saved, config_yaml(cfg))
 
     k = cfg.data.folds
-    evals = []
-    for fold in range(k):
-        run = out / f"fold{fold}"
-        ev = run / "eval"
-        fresh = overwrite or not _fold_done(run)
-        if not fresh:
+    runs = [out / f"fold{fold}" for fold in range(k)]
+    todo = {}  # fold -> "continue" | "train"
+    for fold, run in enumerate(runs):
+        if not overwrite and _fold_done(run):
             print(f"fold {fold}/{k}: trained before, kept ({run})")
-        elif (run / "last.pt").is_file() and not overwrite:
-            print(f"fold {fold}/{k}: continuing {run}")
-            train(resume=run, data=data, images=images, masks=masks, cache_dir=cache_dir, progress=progress)
         else:
-            print(f"fold {fold}/{k}: training into {run}")
-            cfg_f = copy.deepcopy(cfg)
-            cfg_f.data.fold = fold
-            train(
-                cfg_f,
-                out=run,
-                data=data,
-                images=images,
-                masks=masks,
-                cache_dir=cache_dir,
-                progress=progress,
-                overwrite=True,  # this command's own fold folder
-            )
-        if fresh or not (ev / "metrics.json").is_file():
+            todo[fold] = "continue" if (run / "last.pt").is_file() and not overwrite else "train"
+    source = dict(data=data, images=images, masks=masks, cache_dir=cache_dir)
+    if jobs > 1 and len(todo) > 1:
+        _train_side_by_side(todo, runs, saved, source, jobs)
+    else:
+        for fold, action in todo.items():
+            run = runs[fold]
+            print(f"fold {fold}/{k}: {'continuing' if action == 'continue' else 'training into'} {run}")
+            if action == "continue":
+                train(resume=run, progress=progress, **source)
+            else:
+                cfg_f = copy.deepcopy(cfg)
+                cfg_f.data.fold = fold
+                # overwrite: this command's own fold folder, holding at most an unfinished start
+                train(cfg_f, out=run, progress=progress, overwrite=True, **source)
+    evals = [run / "eval" for run in runs]
+    for fold, ev in enumerate(evals):
+        if fold in todo or not (ev / "metrics.json").is_file():
             evaluate(
-                checkpoint=str(run / "best.pt"),
+                checkpoint=str(runs[fold] / "best.pt"),
                 data=data,
                 images=images,
                 masks=masks,
@@ -148,7 +198,6 @@ def cross_validate(
                 progress=progress,
                 quiet=True,
             )
-        evals.append(ev)
 
     folds = []
     for fold, ev in enumerate(evals):
