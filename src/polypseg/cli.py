@@ -252,6 +252,13 @@ def _cmd_data_download(a) -> int:
     return 0
 
 
+def _run_source(a) -> dict:
+    """The data and display arguments `train` and `cross_validate` share."""
+    return dict(
+        data=a.data, images=a.images, masks=a.masks, cache_dir=a.cache_dir, progress=not a.no_progress
+    )
+
+
 def _cmd_train(a) -> int:
     from polypseg.config import config_yaml, load_config
     from polypseg.train import train
@@ -263,14 +270,7 @@ def _cmd_train(a) -> int:
             )
         if a.config or a.preset or a.overrides:
             raise PolypsegError("--resume continues with the run's own config; drop --config/--preset/--set")
-        train(
-            resume=a.resume,
-            data=a.data,
-            images=a.images,
-            masks=a.masks,
-            cache_dir=a.cache_dir,
-            progress=not a.no_progress,
-        )
+        train(resume=a.resume, **_run_source(a))
         return 0
     cfg = load_config(a.config, a.preset, a.overrides)
     if a.print_config:
@@ -279,11 +279,7 @@ def _cmd_train(a) -> int:
     train(
         cfg,
         out=a.out or f"runs/{a.preset or 'train'}",
-        data=a.data,
-        images=a.images,
-        masks=a.masks,
-        cache_dir=a.cache_dir,
-        progress=not a.no_progress,
+        **_run_source(a),
         overwrite=a.overwrite,
     )
     return 0
@@ -300,11 +296,7 @@ def _cmd_cv(a) -> int:
     cross_validate(
         cfg,
         out=a.out,
-        data=a.data,
-        images=a.images,
-        masks=a.masks,
-        cache_dir=a.cache_dir,
-        progress=not a.no_progress,
+        **_run_source(a),
         overwrite=a.overwrite,
         jobs=a.jobs,
     )
