@@ -90,7 +90,7 @@ def _train_side_by_side(todo: dict, runs: list[Path], config: Path, source: dict
             print(
                 f"fold {fold}/{len(runs)}: {'continuing' if action == 'continue' else 'training into'} {run} (log: {log})"
             )
-            with open(log, "w") as f:
+            with open(log, "a" if action == "continue" else "w") as f:  # a continued fold adds to its log
                 cmd = [sys.executable, "-m", "polypseg", "train", *args, *flags, "--no-progress"]
                 running[fold] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), log)
         time.sleep(1)
