@@ -99,11 +99,11 @@ def _train_side_by_side(todo: dict, runs: list[Path], config: Path, source: dict
                 del running[fold]
                 lines = log.read_text().strip().splitlines() or [""]
                 if proc.returncode:
-                    failed.append(f"fold {fold}: {lines[-1].removeprefix('polypseg: error: ')} (log: {log})")
+                    failed.append((fold, f"{lines[-1].removeprefix('polypseg: error: ')} (log: {log})"))
                 else:
                     print(f"fold {fold}/{len(runs)}: {lines[-1]}")
     if failed:
-        raise PolypsegError("; ".join(failed))
+        raise PolypsegError("; ".join(f"fold {fold}: {why}" for fold, why in sorted(failed)))
 
 
 def _same_config(a: dict, b: dict) -> bool:
