@@ -64,6 +64,9 @@ def test_cv_scores_every_frame_once_and_continues(cvc_subset, subset_groups, tmp
 
 
 def test_cv_trains_folds_side_by_side(cvc_subset, subset_groups, tmp_path, capsys):
+    import torch
+
+    share = max(1, torch.get_num_threads() // 2)
     out = tmp_path / "cv"
     assert main([*_cv_args(cvc_subset, subset_groups, out), "--jobs", "2"]) == 0
     printed = capsys.readouterr().out
@@ -71,7 +74,7 @@ def test_cv_trains_folds_side_by_side(cvc_subset, subset_groups, tmp_path, capsy
     assert r["pooled"]["frames"] == 40 and len(r["folds"]) == 2
     for fold in (0, 1):
         log = (out / f"fold{fold}.log").read_text()
-        assert "CPU (x86_64, 1 threads)" in log  # each process got its share of the 2 threads
+        assert f", {share} threads)" in log  # each process got its share of the threads
         assert f"fold {fold}/2: training into {out / f'fold{fold}'}" in printed
         assert (out / f"fold{fold}" / "eval" / "metrics.json").is_file()
 
