@@ -92,3 +92,18 @@ def test_cv_refuses_bad_input_before_writing(tmp_path, capsys, cvc_subset, subse
     assert "nowhere" in capsys.readouterr().err and not (tmp_path / "cv").exists()
     assert main([*_cv_args(cvc_subset, subset_groups, tmp_path / "cv"), "--jobs", "0"]) == 2
     assert capsys.readouterr().err.strip() == "polypseg: error: --jobs must be at least 1, got 0"
+
+
+def test_cv_side_by_side_reports_each_folds_epoch(cvc_subset, subset_groups, tmp_path, capsys):
+    import re
+
+    from polypseg.config import load_config
+    from polypseg.crossval import cross_validate
+
+    cfg = load_config(overrides=[*TINY, f"data.groups={subset_groups}", "data.folds=2", "optim.epochs=4"])
+    cross_validate(cfg, out=tmp_path / "cv", data=cvc_subset, progress=False, jobs=2, report_every_s=0.5)
+    reports = [line for line in capsys.readouterr().out.splitlines() if line.startswith("fold 0: ")]
+    assert reports and all(
+        re.fullmatch(r"fold 0: (starting|epoch [1-4]/4(, val Dice [01]\.\d{3})?)(; fold 1: .*)?", r)
+        for r in reports
+    )

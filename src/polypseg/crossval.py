@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from polypseg import atomic, detection
 from polypseg.config import TrainConfig, config_yaml, to_dict
 from polypseg.data.layouts import discover
@@ -67,8 +69,25 @@ def _fold_done(run: Path) -> bool:
     return json.loads(summary.read_text()).get("stopped") != "interrupted"
 
 
-def _train_side_by_side(todo: dict, runs: list[Path], config: Path, source: dict, jobs: int) -> None:
-    """`polypseg train` processes for the folds in `todo`, at most `jobs` at a time."""
+def _progress(fold: int, run: Path, epochs: int) -> str:
+    """'fold F: epoch E/N, val Dice D' from the run's metrics.csv, as far as it has come."""
+    try:
+        rows = list(csv.DictReader(open(run / "metrics.csv")))
+    except OSError:
+        rows = []
+    if not rows:
+        return f"fold {fold}: starting"
+    done = [r["val_dice"] for r in rows if r["val_dice"]]
+    return f"fold {fold}: epoch {rows[-1]['epoch']}/{epochs}" + (
+        f", val Dice {float(done[-1]):.3f}" if done else ""
+    )
+
+
+def _train_side_by_side(
+    todo: dict, runs: list[Path], config: Path, source: dict, jobs: int, report_every_s: float = 60.0
+) -> None:
+    """`polypseg train` processes for the folds in `todo`, at most `jobs` at a time; every `report_every_s`
+    a line with each running fold's epoch and validation Dice (their own output goes to their logs)."""
     import torch
 
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // jobs))}
@@ -77,6 +96,8 @@ def _train_side_by_side(todo: dict, runs: list[Path], config: Path, source: dict
         if source[key] is not None:
             flags += [f"--{key.replace('_', '-')}", str(source[key])]
     waiting, running, failed = list(todo.items()), {}, []
+    epochs = yaml.safe_load(config.read_text())["optim"]["epochs"]
+    last_report = time.monotonic()
     while waiting or running:
         while waiting and len(running) < jobs:
             fold, action = waiting.pop(0)
@@ -94,6 +115,9 @@ def _train_side_by_side(todo: dict, runs: list[Path], config: Path, source: dict
                 cmd = [sys.executable, "-m", "polypseg", "train", *args, *flags, "--no-progress"]
                 running[fold] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), log)
         time.sleep(1)
+        if time.monotonic() - last_report >= report_every_s and running:
+            print("; ".join(_progress(fold, runs[fold], epochs) for fold in sorted(running)), flush=True)
+            last_report = time.monotonic()
         for fold, (proc, log) in list(running.items()):
             if proc.poll() is not None:
                 del running[fold]
@@ -123,6 +147,7 @@ def cross_validate(
     progress: bool = True,
     overwrite: bool = False,
     jobs: int = 1,
+    report_every_s: float = 60.0,
 ) -> dict:
     """Train folds 0..k-1 of `cfg` (split_by=kfold, k = data.folds) into OUT/fold{i}, evaluate each on its
     held-out frames into OUT/fold{i}/eval, and write OUT/cv.json with the folds and the pooled result.
@@ -148,8 +173,6 @@ def cross_validate(
     out = Path(out)
     saved = out / "config.yaml"
     if saved.is_file() and not overwrite:
-        import yaml
-
         if not _same_config(yaml.safe_load(saved.read_text()), to_dict(cfg)):
             raise PolypsegError(
                 f"{out} holds a cross-validation with another config ({saved}); --overwrite replaces it"
@@ -171,7 +194,7 @@ def cross_validate(
             todo[fold] = "continue" if (run / "last.pt").is_file() and not overwrite else "train"
     source = dict(data=data, images=images, masks=masks, cache_dir=cache_dir)
     if jobs > 1 and len(todo) > 1:
-        _train_side_by_side(todo, runs, saved, source, jobs)
+        _train_side_by_side(todo, runs, saved, source, jobs, report_every_s)
     else:
         for fold, action in todo.items():
             run = runs[fold]
