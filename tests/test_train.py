@@ -112,7 +112,8 @@ def test_encoder_lr_scales_the_pretrained_encoder_alone(cvc_subset, subset_group
     """optim.encoder_lr=0 leaves every ImageNet weight of the encoder as it was while the decoder learns;
     another value gives the encoder column its own group at that multiple of the schedule's rate."""
     from polypseg.models import create_model
-    from polypseg.train import ENCODER_LEVELS, param_groups
+    from polypseg.models.unetpp import ENCODER_LEVELS
+    from polypseg.train import param_groups
 
     overrides = TINY + [
         f"data.groups={subset_groups}",

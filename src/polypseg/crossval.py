@@ -69,6 +69,10 @@ def _fold_done(run: Path) -> bool:
     return json.loads(summary.read_text()).get("stopped") != "interrupted"
 
 
+def _announce(fold: int, k: int, action: str, run: Path, extra: str = "") -> None:
+    print(f"fold {fold}/{k}: {'continuing' if action == 'continue' else 'training into'} {run}{extra}")
+
+
 def _progress(fold: int, run: Path, epochs: int) -> str:
     """'fold F: epoch E/N, val Dice D' from the run's metrics.csv, as far as it has come."""
     try:
@@ -84,7 +88,7 @@ def _progress(fold: int, run: Path, epochs: int) -> str:
 
 
 def _train_side_by_side(
-    todo: dict, runs: list[Path], config: Path, source: dict, jobs: int, report_every_s: float = 60.0
+    todo: dict, runs: list[Path], config: Path, epochs: int, source: dict, jobs: int, report_every_s: float
 ) -> None:
     """`polypseg train` processes for the folds in `todo`, at most `jobs` at a time; every `report_every_s`
     a line with each running fold's epoch and validation Dice (their own output goes to their logs)."""
@@ -96,7 +100,6 @@ def _train_side_by_side(
         if source[key] is not None:
             flags += [f"--{key.replace('_', '-')}", str(source[key])]
     waiting, running, failed = list(todo.items()), {}, []
-    epochs = yaml.safe_load(config.read_text())["optim"]["epochs"]
     last_report = time.monotonic()
     while waiting or running:
         while waiting and len(running) < jobs:
@@ -108,9 +111,7 @@ def _train_side_by_side(
                 else ["--config", str(config), "--set", f"data.fold={fold}", "--out", str(run), "--overwrite"]
             )
             log = run.parent / f"{run.name}.log"
-            print(
-                f"fold {fold}/{len(runs)}: {'continuing' if action == 'continue' else 'training into'} {run} (log: {log})"
-            )
+            _announce(fold, len(runs), action, run, f" (log: {log})")
             with open(log, "a" if action == "continue" else "w") as f:  # a continued fold adds to its log
                 cmd = [sys.executable, "-m", "polypseg", "train", *args, *flags, "--no-progress"]
                 running[fold] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), log)
@@ -194,11 +195,11 @@ def cross_validate(
             todo[fold] = "continue" if (run / "last.pt").is_file() and not overwrite else "train"
     source = dict(data=data, images=images, masks=masks, cache_dir=cache_dir)
     if jobs > 1 and len(todo) > 1:
-        _train_side_by_side(todo, runs, saved, source, jobs, report_every_s)
+        _train_side_by_side(todo, runs, saved, cfg.optim.epochs, source, jobs, report_every_s)
     else:
         for fold, action in todo.items():
             run = runs[fold]
-            print(f"fold {fold}/{k}: {'continuing' if action == 'continue' else 'training into'} {run}")
+            _announce(fold, k, action, run)
             if action == "continue":
                 train(resume=run, progress=progress, **source)
             else:

@@ -36,6 +36,7 @@ from polypseg.errors import PolypsegError
 from polypseg.losses import seg_loss
 from polypseg.metrics import batch_dice_iou
 from polypseg.models import count_parameters, create_model, set_head
+from polypseg.models.unetpp import ENCODER_LEVELS
 from polypseg.step import TrainStep, make_optimizer, optimizer_state, plain_floats
 
 # elapsed_s: time in training steps; wall_s: everything since the loop started (validation and
@@ -48,9 +49,6 @@ TB_TAGS = {
     "val_dice": "val/dice@0.5",
     "val_iou": "val/iou@0.5",
 }
-
-
-ENCODER_LEVELS = ("conv0_0", "conv1_0", "conv2_0", "conv3_0", "conv4_0")
 
 
 def lr_lambda(cfg: TrainConfig, steps_per_epoch: int, budget: dict | None = None):

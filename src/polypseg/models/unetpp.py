@@ -27,6 +27,8 @@ from polypseg.models.efficientnet_lite import (
 )
 
 ENCODERS = tuple(name for name in INPUT_STRIDE if name != "none")
+# The backbone column x{i}_0: the pretrained encoder's levels when there is one (optim.encoder_lr)
+ENCODER_LEVELS = ("conv0_0", "conv1_0", "conv2_0", "conv3_0", "conv4_0")
 
 
 class UNetPlusPlus(nn.Module):
