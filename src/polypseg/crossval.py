@@ -37,8 +37,8 @@ FOLD_COLUMNS = [
 
 
 def pool(eval_dirs: list[Path]) -> dict:
-    """The frames of several evaluations together (per_image.csv): mean Dice@0.5 and mDice over frames with
-    a polyp, each with an interval from a bootstrap over whole sequences (over frames when the evaluations
+    """The frames of several evaluations together (per_image.csv): mean Dice@0.5, IoU@0.5 and mDice over
+    frames with a polyp, each with an interval from a bootstrap over whole sequences (over frames when the evaluations
     knew no sequences, which is too narrow), and per-polyp detection summed over every frame."""
     rows = [r for d in eval_dirs for r in csv.DictReader(open(Path(d) / "per_image.csv"))]
     pos = [r for r in rows if r["negative"] == "False"]
