@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from polypseg import __version__
@@ -38,10 +39,18 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def _data_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
     if positional:
         p.add_argument(
-            "data", nargs="?", help="dataset folder or name (default: $POLYPSEG_DATA/CVC-ClinicDB)"
+            "data",
+            nargs="*",
+            help="dataset folder(s) or name (default: $POLYPSEG_DATA/CVC-ClinicDB); "
+            "several are checked as one combination",
         )
     else:
-        p.add_argument("--data", help="dataset folder or name (default: $POLYPSEG_DATA/CVC-ClinicDB)")
+        p.add_argument(
+            "--data",
+            action="append",
+            help="dataset folder or name (default: $POLYPSEG_DATA/CVC-ClinicDB); repeat to combine datasets, "
+            "frames then named FOLDER/stem, each dataset keeping its own sequences",
+        )
     p.add_argument("--images", help="explicit images folder (with --masks)")
     p.add_argument("--masks", help="explicit masks folder (with --images)")
 
@@ -426,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("polypseg: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as the Python docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

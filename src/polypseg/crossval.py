@@ -97,8 +97,8 @@ def _train_side_by_side(
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // jobs))}
     flags = []
     for key in ("data", "images", "masks", "cache_dir"):
-        if source[key] is not None:
-            flags += [f"--{key.replace('_', '-')}", str(source[key])]
+        values = source[key] if isinstance(source[key], (list, tuple)) else [source[key]]
+        flags += [arg for v in values if v is not None for arg in (f"--{key.replace('_', '-')}", str(v))]
     waiting, running, failed = list(todo.items()), {}, []
     last_report = time.monotonic()
     while waiting or running:

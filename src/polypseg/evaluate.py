@@ -122,14 +122,20 @@ def _choose_pairs(pairs, split: str, predictor: Predictor):
     if split == "test":
         ck_split = predictor.meta.get("split")
         ds = predictor.meta.get("dataset") or {}
-        if ck_split and ds.get("fingerprint") == content_fingerprint(pairs):
-            if not ck_split.get("val"):
+        fp = content_fingerprint(pairs)
+        # This data is the training data, or one dataset of a training combination (its frames then
+        # named FOLDER/stem in the split).
+        prefix = next((f"{k}/" for k, v in (ds.get("parts") or {}).items() if v == fp), None)
+        if ck_split and (ds.get("fingerprint") == fp or prefix):
+            s = Split.from_dict(ck_split)
+            names = (
+                set(s.val) if prefix is None else {n[len(prefix) :] for n in s.val if n.startswith(prefix)}
+            )
+            if not names:
                 raise PolypsegError(
                     "this checkpoint was trained on every frame of this data; "
                     "use other data or --split all (optimistic)"
                 )
-            s = Split.from_dict(ck_split)
-            names = set(s.val)
             return [
                 p for p in pairs if p.name in names
             ], f"held-out frames of the checkpoint's split ({s.method})"
@@ -224,13 +230,13 @@ def evaluate(
         ckpt_path, device=device, prune=prune, threshold=threshold, tta=tta, min_area=min_area
     )
     dataset = discover(data, images, masks)
-    dataset_root = dataset.root.resolve()
-    if out_dir.resolve() == dataset_root or dataset_root in out_dir.resolve().parents:
-        raise PolypsegError("--out must not be inside the data folder")
+    for root in dataset.roots:
+        if out_dir.resolve() == root.resolve() or root.resolve() in out_dir.resolve().parents:
+            raise PolypsegError("--out must not be inside the data folder")
     checked = validate(dataset)
     pairs = checked.good
     if not pairs:
-        raise PolypsegError(f"{dataset.root}: no usable image/mask pairs")
+        raise PolypsegError(f"{dataset.label}: no usable image/mask pairs")
     chosen, split_desc = _choose_pairs(pairs, split, predictor)
     group_list, group_source = _load_groups(dataset, groups, predictor.meta)
     group_of = dict(zip(dataset.names, group_list))
@@ -342,7 +348,7 @@ def evaluate(
         "head": predictor.head,
         "tta": tta,
         "output": predictor.output,
-        "data": str(dataset.root),
+        "data": dataset.label,
         "dataset_fingerprint": content_fingerprint(chosen),
         "split": split_desc,
         "frames": len(rows),

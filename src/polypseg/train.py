@@ -94,7 +94,7 @@ def prepare_data(
     checked = validate(dataset, cache_dir=cache_dir)
     pairs = checked.good
     if not pairs:
-        raise PolypsegError(f"{dataset.root}: no usable image/mask pairs")
+        raise PolypsegError(f"{dataset.label}: no usable image/mask pairs")
     n_bad = sum(1 for s, _, _ in checked.problems if s == "error")
     if n_bad:
         log(f"warning: {n_bad} problem(s) in the data; bad pairs left out (see `polypseg data check`)")
@@ -122,12 +122,18 @@ def prepare_data(
     decoded = load_decoded(pairs, cfg.data.height, cfg.data.width, cache_dir=cache_dir)
     train_idx, val_idx = split.indices(decoded.names)
     info = {
-        "root": str(dataset.root),
+        "root": dataset.label,
         "layout": dataset.layout,
         "frames": len(pairs),
         "fingerprint": content_fingerprint(pairs),
         "groups": group_source,
     }
+    if dataset.parts:  # each dataset's own fingerprint, so `evaluate --split test` knows one alone too
+        good = {p.name for p in pairs}
+        info["parts"] = {
+            prefix: content_fingerprint([p for p in part.pairs if f"{prefix}/{p.name}" in good])
+            for prefix, part in dataset.parts.items()
+        }
     return decoded, split, train_idx, val_idx, info
 
 

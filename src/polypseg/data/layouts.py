@@ -6,6 +6,8 @@ Layouts (DESIGN.md):
   * PolypGen: ``images/X.jpg`` + ``masks/X_mask.jpg``.
   * explicit ``--images DIR --masks DIR``.
 Pairing is by file stem, never by sort order, so a missing file can never shift masks onto wrong images.
+Several dataset folders combine into one (``--data A --data B``, e.g. the PraNet protocol's Kvasir-SEG +
+CVC-ClinicDB): each frame is then named ``FOLDER/stem`` and keeps its own dataset's groups.
 """
 
 from __future__ import annotations
@@ -35,10 +37,21 @@ class Dataset:
     pairs: list[Pair]
     # Files that could not be paired or are not images: (path, problem).
     problems: list[tuple[str, str]] = field(default_factory=list)
+    # A combination's datasets by the prefix of their frames' names (empty for one dataset).
+    parts: dict[str, Dataset] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.pairs]
+
+    @property
+    def roots(self) -> list[Path]:
+        return [d.root for d in self.parts.values()] if self.parts else [self.root]
+
+    @property
+    def label(self) -> str:
+        """The data folder, or the combined folders joined by ' + ', for messages and reports."""
+        return " + ".join(str(r) for r in self.roots)
 
 
 def data_home() -> Path:
@@ -126,10 +139,19 @@ def _natural_key(name: str):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
-def discover(
-    data: str | os.PathLike | None = None, images: str | None = None, masks: str | None = None
-) -> Dataset:
-    """Find every image/mask pair of a dataset folder (or of explicit image and mask folders)."""
+def discover(data=None, images: str | None = None, masks: str | None = None) -> Dataset:
+    """Find every image/mask pair of a dataset folder (or of explicit image and mask folders).
+
+    `data` is a folder or name, or a list of them: two or more are combined (see `combine`).
+    """
+    if isinstance(data, (list, tuple)):
+        if len(data) > 1:
+            if images or masks:
+                raise PolypsegError(
+                    "--images/--masks name one dataset; combine dataset folders with --data only"
+                )
+            return combine([discover(d) for d in data])
+        data = data[0] if data else None
     if images or masks:
         if not (images and masks):
             raise PolypsegError("--images and --masks go together")
@@ -145,3 +167,24 @@ def discover(
         f"{root}: no known layout (expected Original/ + 'Ground Truth/', or images/ + masks/; "
         "or pass --images DIR --masks DIR)"
     )
+
+
+def combine(datasets: list[Dataset]) -> Dataset:
+    """One dataset of several: frames named ``FOLDER/stem`` (unique even where stems repeat across
+    datasets), in the given order; problems pooled; each part kept for its groups (splits.load_groups)."""
+    parts: dict[str, Dataset] = {}
+    for d in datasets:
+        prefix = d.root.name
+        if prefix in parts:
+            same = parts[prefix].root.resolve() == d.root.resolve()
+            raise PolypsegError(
+                f"{d.root}: given twice"
+                if same
+                else f"two datasets are named {prefix!r} ({parts[prefix].root}, {d.root}); frames are named "
+                "FOLDER/stem, so the folders' names must differ"
+            )
+        parts[prefix] = d
+    pairs = [Pair(f"{prefix}/{p.name}", p.image, p.mask) for prefix, d in parts.items() for p in d.pairs]
+    layout = " + ".join(f"{prefix} ({d.layout})" for prefix, d in parts.items())
+    problems = [pr for d in datasets for pr in d.problems]
+    return Dataset(datasets[0].root, f"combined: {layout}", pairs, problems, parts)

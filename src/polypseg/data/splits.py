@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -31,7 +32,10 @@ def _read_group_csv(lines) -> dict[str, str]:
     out = {}
     for row in rows[start:]:
         if len(row) >= 2 and row[0].strip():
-            out[Path(row[0].strip()).stem] = row[1].strip()
+            path = Path(row[0].strip())
+            out[path.stem] = row[1].strip()
+            if path.parent.name:  # FOLDER/stem names a frame of combined datasets
+                out[f"{path.parent.name}/{path.stem}"] = row[1].strip()
     return out
 
 
@@ -42,17 +46,34 @@ def cvc_clinicdb_groups() -> dict[str, str]:
 
 
 def load_groups(dataset: Dataset, groups_csv: str | os.PathLike | None = None) -> tuple[list[str], str]:
-    """Return one group id per pair and a sentence saying where they came from."""
+    """Return one group id per pair and a sentence saying where they came from.
+
+    Combined datasets: a CSV names frames FOLDER/stem (or stem alone); without one, each part's own groups
+    (a built-in table, or one per frame), prefixed FOLDER/ so that no two datasets share a group.
+    """
     names = dataset.names
     if groups_csv:
         path = Path(groups_csv)
         if not path.is_file():
             raise PolypsegError(f"groups file not found: {path}")
         table = _read_group_csv(path.read_text().splitlines())
+        if dataset.parts:  # a bare stem names a frame only where no other dataset has that stem
+            stems = [n.split("/", 1)[1] for n in names]
+            once = {st for st, c in Counter(stems).items() if c == 1}
+            table.update(
+                {n: table[st] for n, st in zip(names, stems) if n not in table and st in once & table.keys()}
+            )
         missing = [n for n in names if n not in table]
         if missing:
             raise PolypsegError(f"{path}: no group for {len(missing)} frames, e.g. {missing[0]!r}")
         return [table[n] for n in names], f"groups from {path}"
+    if dataset.parts:
+        group_of, sources = {}, []
+        for prefix, part in dataset.parts.items():
+            groups, source = load_groups(part)
+            group_of.update({f"{prefix}/{n}": f"{prefix}/{g}" for n, g in zip(part.names, groups)})
+            sources.append(f"{prefix}: {source}")
+        return [group_of[n] for n in names], f"each dataset's own groups ({'; '.join(sources)})"
     if dataset.layout == "cvc-clinicdb":
         table = cvc_clinicdb_groups()
         if all(n in table for n in names):

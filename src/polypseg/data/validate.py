@@ -58,7 +58,7 @@ class Validation:
         good = [r for r in self.reports if not r.errors]
         sizes = Counter(f"{w}x{h}" for r in good for (h, w) in [r.size])
         return {
-            "root": str(self.dataset.root),
+            "root": self.dataset.label,
             "layout": self.dataset.layout,
             "pairs": len(good),
             "negatives": sum(r.negative for r in good),
