@@ -127,7 +127,13 @@ def test_train_on_two_datasets_then_evaluate_each_held_out(two_datasets, tmp_pat
             == 0
         )
         rows = (out / "per_image.csv").read_text().splitlines()[1:]
-        return sorted(r.split(",")[0] for r in rows), json.loads((out / "metrics.json").read_text())["split"]
+        metrics = json.loads((out / "metrics.json").read_text())
+        by_dataset = {g["dataset"]: g["frames"] for g in metrics["per_dataset"]}
+        assert by_dataset == (
+            {"clinic": len(held["clinic"]), "other": len(held["other"])} if len(data) > 1 else {}
+        )
+        assert ("By dataset" in (out / "report.html").read_text()) == (len(data) > 1)
+        return sorted(r.split(",")[0] for r in rows), metrics["split"]
 
     # each dataset alone is recognised as part of the training data: only its held-out frames count
     for part, root in (("clinic", a), ("other", b)):
@@ -135,3 +141,5 @@ def test_train_on_two_datasets_then_evaluate_each_held_out(two_datasets, tmp_pat
         assert names == held[part] and how.startswith("held-out frames"), (part, names, how)
     names, how = evaluated(a, b)
     assert names == sorted(split["val"]) and how.startswith("held-out frames")
+    table = capsys.readouterr().out
+    assert f"  clinic: {len(held['clinic'])} frames, Dice@0.5 " in table and "  other: " in table

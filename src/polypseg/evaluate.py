@@ -25,7 +25,7 @@ from polypseg import atomic, detection
 from polypseg.data.cache import content_fingerprint
 from polypseg.data.download import sha256_of
 from polypseg.data.layouts import discover
-from polypseg.data.splits import NO_GROUPS, Split, load_groups
+from polypseg.data.splits import Split, load_groups
 from polypseg.data.validate import validate
 from polypseg.errors import PolypsegError
 from polypseg.imageio import read_mask, read_rgb
@@ -176,18 +176,21 @@ def _group_key(g: str):
     return (0, int(g), "") if g.isdigit() else (1, 0, g)
 
 
-def per_group(rows: list[dict], det_counts: list) -> list[dict]:
-    """Metrics of each video sequence: segmentation means over its polyp frames, detection per polyp."""
+def per_group(
+    rows: list[dict], det_counts: list, of=lambda r: r["group"], label: str = "sequence"
+) -> list[dict]:
+    """Metrics of each video sequence (or of each dataset, with `of` and `label`): segmentation means over
+    its polyp frames, detection per polyp."""
     by: dict[str, list[tuple[dict, object]]] = {}
     for r, c in zip(rows, det_counts):
-        by.setdefault(r["group"], []).append((r, c))
+        by.setdefault(of(r), []).append((r, c))
     out = []
     for g in sorted(by, key=_group_key):
         pos = [r for r, _ in by[g] if not r["negative"]]
         det = detection.summarize([c for _, c in by[g]])
         out.append(
             {
-                "sequence": g,
+                label: g,
                 "frames": len(by[g]),
                 "polyp_frames": len(pos),
                 **{k: _nanmean(r[k] for r in pos) for k in ("dice", "iou", "mdice", "s_measure")},
@@ -303,7 +306,7 @@ def evaluate(
     seg = {k: _nanmean(r[k] for r in pos_rows) for k in SEG_KEYS}
     seg["dice_std"] = float(np.std([r["dice"] for r in pos_rows])) if pos_rows else float("nan")
     seg["hd95_undefined_frames"] = sum(1 for r in pos_rows if math.isnan(r["hd95"]))
-    sequences = group_source != NO_GROUPS
+    sequences = len(set(group_list)) < len(group_list)  # some group holds several frames
     for k in ("dice", "mdice"):
         seg[f"{k}_ci95"] = list(
             grouped_bootstrap_ci([r[k] for r in pos_rows], [r["group"] for r in pos_rows])
@@ -362,6 +365,10 @@ def evaluate(
         "groups": group_source,
         "segmentation": seg,
         "per_sequence": per_group(rows, det_counts) if sequences else [],
+        # combined datasets (frames named FOLDER/stem): each dataset's own figures, as PraNet-family tables give
+        "per_dataset": per_group(rows, det_counts, lambda r: r["name"].split("/")[0], "dataset")
+        if dataset.parts
+        else [],
         "detection": det,
         "classification": cls,
         "negatives": negatives,
@@ -423,6 +430,12 @@ def format_table(m: dict) -> str:
             -2,
             f"  by sequence ({len(seqs)}), lowest Dice@{m['threshold']}: "
             + ", ".join(f"{g['sequence']} {f(g['dice'])} ({g['polyp_frames']} frames)" for g in low),
+        )
+    for g in m.get("per_dataset", []):
+        lines.insert(
+            -2,
+            f"  {g['dataset']}: {g['polyp_frames']} frames, Dice@{m['threshold']} {f(g['dice'])}, "
+            f"IoU {f(g['iou'])}, mDice {f(g['mdice'])}",
         )
     if c["negatives"]:
         lines.append(f"frame classification ({c['positives']} positive, {c['negatives']} negative frames)")

@@ -85,18 +85,24 @@ def write_report(path, metrics: dict, rows: list[dict], thumbs: list, dice_curve
         f"<tr><td>{k}</td><td>{_fmt(cls[k])}</td></tr>"
         for k in ("auroc", "sensitivity", "specificity", "positives", "negatives", "score")
     )
-    seq_rows = "".join(
-        f"<tr><td>{html.escape(g['sequence'])}</td><td>{g['frames']}</td><td>{g['polyp_frames']}</td>"
-        + "".join(f"<td>{_fmt(g[k])}</td>" for k in ("dice", "iou", "mdice", "s_measure", "polyp_recall"))
-        + f"<td>{g['fp_per_frame']:.2f}</td></tr>"
-        for g in sorted(metrics.get("per_sequence", []), key=lambda g: (math.isnan(g["dice"]), g["dice"]))
-    )
-    seq_table = (
-        f"<h2>By video sequence (lowest Dice first)</h2><table><tr><th>sequence</th><th>frames</th>"
-        f"<th>with polyp</th><th>{names['dice']}</th><th>{names['iou']}</th><th>mDice</th><th>S-measure</th>"
-        f"<th>polyp recall</th><th>FP/frame</th></tr>{seq_rows}</table>"
-        if seq_rows
-        else ""
+
+    def group_table(title: str, label: str, groups: list[dict]) -> str:
+        body = "".join(
+            f"<tr><td>{html.escape(g[label])}</td><td>{g['frames']}</td><td>{g['polyp_frames']}</td>"
+            + "".join(f"<td>{_fmt(g[k])}</td>" for k in ("dice", "iou", "mdice", "s_measure", "polyp_recall"))
+            + f"<td>{g['fp_per_frame']:.2f}</td></tr>"
+            for g in sorted(groups, key=lambda g: (math.isnan(g["dice"]), g["dice"]))
+        )
+        return (
+            f"<h2>{title} (lowest Dice first)</h2><table><tr><th>{label}</th><th>frames</th>"
+            f"<th>with polyp</th><th>{names['dice']}</th><th>{names['iou']}</th><th>mDice</th><th>S-measure</th>"
+            f"<th>polyp recall</th><th>FP/frame</th></tr>{body}</table>"
+            if body
+            else ""
+        )
+
+    seq_table = group_table("By dataset", "dataset", metrics.get("per_dataset", [])) + group_table(
+        "By video sequence", "sequence", metrics.get("per_sequence", [])
     )
     lo, hi = seg["dice_ci95"]
     interval = (
