@@ -40,7 +40,14 @@ def test_round_trip(tmp_path):
         ("data.height=70", r"data.height must be a positive multiple of 16 \(four poolings\), got 70"),
         ("optim.batch_size=0", "optim.batch_size must be >= 1, got 0"),
         ("data.fold=5", r"data.fold must be in 0..4, got 5"),
-        ("loss.head_weights=[1,1]", r"loss.head_weights must be four weights >= 0 \(heads L1..L4\)"),
+        (
+            "loss.head_weights=[1,1]",
+            r"loss.head_weights must be one weight >= 0 per head \(L1..L4, model.depth\)",
+        ),
+        (
+            "model.depth=5",
+            r"model.depth must be 1..4 \(levels below the first; 4 is the seed's network\), got 5",
+        ),
         ("ema=1", r"ema must be in 0..1 \(0 = off\), got 1"),
         ("augment.flip=2", r"augment.flip must be a probability"),
         (
@@ -105,3 +112,26 @@ def test_print_config_is_a_config_file_and_writes_nothing(tmp_path, capsys, monk
     assert capsys.readouterr().err.strip() == (
         "polypseg: error: --print-config shows a new run's config; a run's own is runs/x/config.yaml"
     )
+
+
+def test_depth_sets_the_input_multiple_and_the_head_weights():
+    c = load_config(overrides=["model.depth=3", "data.height=56", "data.width=72"])  # multiples of 8
+    assert c.model.depth == 3 and c.loss.head_weights == [1.0] * 4  # equal weights serve any depth
+    load_config(overrides=["model.depth=3", "data.height=56", "data.width=72", "loss.head_weights=[1,2,3]"])
+    for overrides, message in [
+        (
+            ["model.depth=3", "data.height=60"],
+            r"data.height must be a positive multiple of 8 \(three poolings\)",
+        ),
+        (["model.depth=1", "data.width=71"], r"data.width must be a positive multiple of 2 \(one pooling\)"),
+        (
+            ["model.depth=3", "model.encoder=efficientnet-lite0", "data.height=72", "data.width=96"],
+            r"data.height must be a positive multiple of 16 \(the encoder's four down-samplings\)",
+        ),
+        (
+            ["model.depth=3", "data.height=56", "data.width=72", "loss.head_weights=[1,2,3,4]"],
+            r"loss.head_weights must be one weight >= 0 per head \(L1..L3, model.depth\)",
+        ),
+    ]:
+        with pytest.raises(PolypsegError, match=message):
+            load_config(overrides=overrides)

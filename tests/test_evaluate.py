@@ -187,7 +187,7 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
         ),
         (
             ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--prune", "5"],
-            "--prune takes 1..4 (0 = the mean of the heads), got 5",
+            "--prune takes 1..4 for this model (0 = the mean of the heads), got 5",
         ),
         (
             [
@@ -200,7 +200,7 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
                 "--prune",
                 "2",
             ],
-            "--mode accurate averages the four heads; drop --prune",
+            "--mode accurate averages the heads; drop --prune",
         ),
     ]
     for args, msg in cases:

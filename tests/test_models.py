@@ -39,14 +39,14 @@ def test_inference_defaults_to_the_deepest_head(tiny_run):
     """Tools build the deepest head alone unless told otherwise (prune=0 is the mean); training's
     forward with heads=True is unaffected; a single-head model refuses a head number."""
     from polypseg.checkpoint import build_model, load_checkpoint
-    from polypseg.models import DEFAULT_HEAD, set_head
+    from polypseg.models import set_head
 
     ck = load_checkpoint(tiny_run / "best.pt")
     x = torch.rand(1, 3, 32, 48) * 255
     with torch.no_grad():
         default, mean = build_model(ck), build_model(ck, prune=0)
         heads = mean(x, heads=True)
-        assert DEFAULT_HEAD == 4 and default.prune == 4 and mean.prune == 0
+        assert default.prune == 4 and mean.prune == 0
         assert torch.allclose(default(x), heads[3], atol=1e-6)
         assert torch.allclose(mean(x), torch.stack(heads).mean(0), atol=1e-6)
         assert all(torch.equal(a, b) for a, b in zip(default(x, heads=True), heads, strict=True))
@@ -54,7 +54,7 @@ def test_inference_defaults_to_the_deepest_head(tiny_run):
     assert set_head(unet) is unet and set_head(unet, 0) is unet
     with pytest.raises(PolypsegError, match="--prune needs a deep-supervision UNet"):
         set_head(unet, 2)
-    with pytest.raises(PolypsegError, match="--prune takes 1..4"):
+    with pytest.raises(PolypsegError, match="--prune takes 1..4 for this model"):
         set_head(create_model("unetpp", width=4), -1)
 
 
@@ -178,3 +178,38 @@ def test_efficientnet_lite_matches_the_port_with_its_imagenet_weights(cvc, varia
             assert x.shape == ends[level].shape
             assert torch.allclose(x, ends[level], atol=1e-4), level
     assert ends[4].abs().max() > 1  # a real activation, not zeros
+
+
+@pytest.mark.parametrize("encoder", [None, "efficientnet-lite0"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_a_shallower_unetpp_is_the_deeper_ones_pruned_subnetwork(depth, encoder):
+    """depth D holds exactly the nodes and heads that head L_D of the depth-4 network needs: with those
+    weights its heads are the depth-4 network's first D heads, and its default output is head L_D."""
+    from polypseg.models import set_head
+
+    torch.manual_seed(0)
+    deep = create_model("unetpp", width=4, encoder=encoder).eval()
+    shallow = create_model("unetpp", width=4, encoder=encoder, depth=depth).eval()
+    wanted = {k: v for k, v in deep.state_dict().items() if k in shallow.state_dict()}
+    shallow.load_state_dict(wanted, strict=True)  # every shallow weight has its place in the deep network
+    assert shallow.stride == deep.stride // 2 ** (4 - depth)
+    x = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        heads = deep(x, heads=True)
+        assert all(torch.equal(a, b) for a, b in zip(shallow(x, heads=True), heads[:depth], strict=False))
+        assert len(shallow(x, heads=True)) == depth
+        assert torch.equal(set_head(shallow)(x), set_head(deep, depth)(x))
+    assert count_parameters(shallow) == count_parameters(deep)  # deep is pruned to L_D now
+    with pytest.raises(PolypsegError, match=f"--prune takes 1..{depth} for this model"):
+        set_head(shallow, depth + 1)
+
+
+def test_depth_of_unet_and_bad_depths():
+    assert (
+        count_parameters(create_model("unet", width=32, depth=3)) == 1_948_289
+    )  # counted by hand: 9c(cin+c)+4c per block
+    m = create_model("unet", width=4, depth=2).eval()
+    assert m.stride == 4 and m(torch.zeros(1, 3, 36, 44)).shape == (1, 1, 36, 44)
+    for name in MODELS:
+        with pytest.raises(PolypsegError, match="depth takes 1..4, got 5"):
+            create_model(name, depth=5)

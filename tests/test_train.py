@@ -43,7 +43,7 @@ def test_run_folder(tiny_run):
 
 def test_checkpoint_describes_itself(tiny_run):
     ck = load_checkpoint(tiny_run / "best.pt")
-    assert ck["arch"] == {"name": "unetpp", "kwargs": {"width": 4, "deep_supervision": True}}
+    assert ck["arch"] == {"name": "unetpp", "kwargs": {"width": 4, "depth": 4, "deep_supervision": True}}
     assert (ck["input"]["height"], ck["input"]["width"], ck["input"]["color"]) == (64, 80, "RGB")
     assert ck["threshold"] == 0.5 and ck["package_version"]
     assert ck["dataset"]["fingerprint"] and ck["split"]["val"] and ck["config"]["optim"]["epochs"] == 2
@@ -97,7 +97,7 @@ def test_pretrained_encoder_starts_from_imagenet_and_resumes_exactly(cvc_subset,
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["arch"] == {
         "name": "unetpp",
-        "kwargs": {"width": 4, "deep_supervision": True, "encoder": "efficientnet-lite0"},
+        "kwargs": {"width": 4, "depth": 4, "deep_supervision": True, "encoder": "efficientnet-lite0"},
     }
     # Three epochs at a small learning rate move the ImageNet filters only a little; a random start would
     # be uncorrelated with them.
@@ -295,6 +295,46 @@ def test_data_that_cannot_train_is_a_one_line_error(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()  # nothing half-written
+
+
+def test_a_shallower_unetpp_trains_and_runs_everywhere(cvc_subset, subset_groups, tmp_path, capsys):
+    """model.depth=3 at 56x72 (a multiple of 8, not of 16): three heads trained, the checkpoint names its
+    depth, and prediction and evaluation use head L3 and refuse L4 in one line."""
+    from polypseg.evaluate import evaluate
+    from polypseg.predict import Predictor
+
+    out = tmp_path / "d3"
+    args = _train_args(cvc_subset, out, subset_groups, "model.depth=3", "data.height=56", "data.width=72")
+    assert main([*args, "--set", "optim.epochs=1"]) == 0
+    ck = load_checkpoint(out / "best.pt")
+    assert ck["arch"]["kwargs"]["depth"] == 3 and not any(
+        k.startswith(("conv4_", "final4")) for k in ck["model"]
+    )
+    frame = next((cvc_subset / "images").iterdir())
+    pred = Predictor.from_checkpoint(out / "best.pt", device="cpu")
+    from polypseg.imageio import read_rgb
+
+    assert pred.head == "head L3" and pred.predict(read_rgb(frame)).mask.shape == (288, 384)
+    m = evaluate(out / "best.pt", data=cvc_subset, out=tmp_path / "ev", prune=0, progress=False, quiet=True)
+    assert m["output"] == "mean of the three heads"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--data",
+                str(cvc_subset),
+                "--prune",
+                "4",
+                "--out",
+                str(tmp_path / "ev4"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "--prune takes 1..3 for this model" in err and err.count("\n") == 1
 
 
 def test_an_earlier_run_is_never_trained_over(cvc_subset, subset_groups, tmp_path, capsys):

@@ -98,7 +98,7 @@ def candidates(ck: dict | None):
             yield f"{ck['arch']['name']} (checkpoint)", build_model(ck)
             return
         yield f"{ck['arch']['name']} accurate", build_model(ck, prune=0)
-        for level in (1, 2, 3, 4):
+        for level in range(1, ck["arch"]["kwargs"].get("depth", 4) + 1):
             yield f"{ck['arch']['name']} prune L{level}", build_model(ck, prune=level)
         return
     yield "unet w32", create_model("unet", width=32)

@@ -105,7 +105,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def build_model(ckpt: dict, prune: int | None = None) -> nn.Module:
     """The model a checkpoint describes, with its weights, in eval mode; `prune` as in `set_head`
-    (None: the deepest head alone, 0: the mean of the heads, 1..4: that head's sub-network)."""
+    (None: the deepest head alone, 0: the mean of the heads, 1..depth: that head's sub-network)."""
     arch = ckpt["arch"]
     model = create_model(arch["name"], **arch.get("kwargs", {}))
     try:

@@ -66,10 +66,12 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
         "--mode",
         choices=["accurate", "fast"],
         help="default: the deepest head alone (L4), measured as good as or better than the mean; "
-        "accurate: the mean of the four heads (the UNet++ paper's mode); "
+        "accurate: the mean of the heads (the UNet++ paper's mode); "
         "fast: the bundled fast model unless --checkpoint, and only head --prune's sub-network",
     )
-    p.add_argument("--prune", type=int, help="head 1..4 (default 4); 0 = the mean of the heads")
+    p.add_argument(
+        "--prune", type=int, help="head 1..4 (1..depth; default: the deepest); 0 = the mean of the heads"
+    )
     p.add_argument("--tta", action="store_true", help="average with flipped inputs")
     p.add_argument(
         "--min-area", type=int, default=50, help="smallest predicted component counted as a polyp (px)"
@@ -190,7 +192,9 @@ def _parser() -> argparse.ArgumentParser:
         help="onnx (with a parity check) or safetensors (fp16 weights + description, as bundled)",
     )
     ex.add_argument("--out", required=True)
-    ex.add_argument("--prune", type=int, help="head 1..4 (default 4, the deepest); 0 = the mean of the heads")
+    ex.add_argument(
+        "--prune", type=int, help="head 1..4 (1..depth; default: the deepest); 0 = the mean of the heads"
+    )
     ex.add_argument("--dynamic-batch", action="store_true")
     ex.add_argument("--data", help="frames for the parity check (default: the default dataset)")
     ex.add_argument("--quantize", choices=["none", "int8"], default="none", help="also write an int8 model")
@@ -316,7 +320,7 @@ def _prune(a) -> int | None:
     """None (the default head) unless --prune names one; --mode accurate is the mean of the heads (0)."""
     if a.mode == "accurate":
         if a.prune:
-            raise PolypsegError("--mode accurate averages the four heads; drop --prune, or use --mode fast")
+            raise PolypsegError("--mode accurate averages the heads; drop --prune, or use --mode fast")
         return 0
     return a.prune
 

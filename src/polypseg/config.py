@@ -20,14 +20,16 @@ import yaml
 from polypseg import atomic
 from polypseg.errors import PolypsegError
 
-# Input sides must be multiples of the network's total down-sampling; one table for the config check
-# (before any work, without torch) and the model (UNetPlusPlus.stride).
-INPUT_STRIDE: dict[str, tuple[int, str]] = {
-    "none": (16, "four poolings"),
-    "efficientnet-lite0": (32, "the encoder's five down-samplings"),
-    "efficientnet-lite1": (32, "the encoder's five down-samplings"),
-    "efficientnet-lite2": (32, "the encoder's five down-samplings"),
-}
+ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+
+
+def input_stride(encoder: str = "none", depth: int = 4) -> tuple[int, str]:
+    """What input sides must be multiples of, and why: the network's total down-sampling. One rule for the
+    config check (before any work, without torch) and the model (UNetPlusPlus.stride)."""
+    if encoder == "none":
+        return 2**depth, f"{_WORDS[depth]} pooling{'s' if depth > 1 else ''}"
+    return 2 ** (depth + 1), f"the encoder's {_WORDS[depth + 1]} down-samplings"
 
 
 @dataclass
@@ -51,6 +53,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "unetpp"  # unetpp | unet
     width: int = 32  # filters of the first level (with an encoder: of the decoder's nodes)
+    depth: int = 4  # levels below the first, 1..4; UNet++ then has `depth` heads, inputs divisible by 2^depth
     deep_supervision: bool = True
     encoder: Literal["none", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] = (
         "none"  # none (VGG blocks from scratch, the seed's network) | efficientnet-lite0..2 (unetpp only)
@@ -93,6 +96,7 @@ class OptimConfig:
 class LossConfig:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
+    # Heads L1..L(model.depth); equal weights of any length mean equal weights for any depth
     head_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     boundary_weight: float = 0.0  # PraNet's structure-loss weighting near the polyp's edge (5 there; 0 = off)
 
@@ -227,7 +231,13 @@ def load_config(
 def check(cfg: TrainConfig) -> None:
     """Values the types allow but training cannot use: the first one is a one-line error, before any work."""
     d, a, o, loss = cfg.data, cfg.augment, cfg.optim, cfg.loss
-    stride, why = INPUT_STRIDE[cfg.model.encoder]
+    depth = cfg.model.depth
+    if depth not in (1, 2, 3, 4):
+        raise PolypsegError(
+            f"model.depth must be 1..4 (levels below the first; 4 is the seed's network), got {depth!r}"
+        )
+    stride, why = input_stride(cfg.model.encoder, depth)
+    w = loss.head_weights
     rules = [
         (
             "data.height",
@@ -287,8 +297,8 @@ def check(cfg: TrainConfig) -> None:
         (
             "loss.head_weights",
             loss.head_weights,
-            len(loss.head_weights) == 4 and min(loss.head_weights) >= 0 and sum(loss.head_weights) > 0,
-            "four weights >= 0 (heads L1..L4), not all 0",
+            (len(w) == depth or (len(w) > depth and len(set(w)) == 1)) and min(w) >= 0 and sum(w) > 0,
+            f"one weight >= 0 per head (L1..L{depth}, model.depth), not all 0",
         ),
         ("loss.boundary_weight", loss.boundary_weight, loss.boundary_weight >= 0, ">= 0 (0 = off)"),
         ("ema", cfg.ema, 0 <= cfg.ema < 1, "in 0..1 (0 = off)"),

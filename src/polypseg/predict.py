@@ -78,8 +78,10 @@ class Prediction:
 
 
 def _head(meta: dict) -> str:
-    ds = bool((meta.get("arch") or {}).get("kwargs", {}).get("deep_supervision", False))
-    return head_name(int(meta.get("prune", 0)), ds)
+    kwargs = (meta.get("arch") or {}).get("kwargs", {})
+    return head_name(
+        int(meta.get("prune", 0)), bool(kwargs.get("deep_supervision", False)), kwargs.get("depth", 4)
+    )
 
 
 class Predictor:
@@ -131,7 +133,7 @@ class Predictor:
         min_area: int = 50,
     ) -> Predictor:
         """`path`: a .pt, .safetensors or .onnx file, or "full"/"fast" (None: the bundled full model).
-        `prune`: None = the deepest head alone, 0 = the mean of the four heads, 1..4 = that head's
+        `prune`: None = the deepest head alone, 0 = the mean of the heads, 1..depth = that head's
         sub-network (an ONNX model is fixed to the head it was exported with)."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise PolypsegError(f"threshold must be in 0..1 (a probability), got {threshold}")

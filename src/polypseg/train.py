@@ -319,7 +319,7 @@ def _train(
     steps_per_epoch = max(1, n_train // batch)
 
     # Model, optimiser, schedule, EMA.
-    arch = {"name": cfg.model.name, "kwargs": {"width": cfg.model.width}}
+    arch = {"name": cfg.model.name, "kwargs": {"width": cfg.model.width, "depth": cfg.model.depth}}
     if cfg.model.name == "unetpp":
         arch["kwargs"]["deep_supervision"] = cfg.model.deep_supervision
     start = {}

@@ -10,9 +10,9 @@ from polypseg.models.unetpp import UNetPlusPlus
 
 MODELS: dict[str, type[nn.Module]] = {"unetpp": UNetPlusPlus, "unet": UNet}
 
-# What a deep-supervised UNet++ outputs at inference unless told otherwise: the deepest head alone. It
-# matched or beat the mean of the four heads on every model measured (benchmarks/NOTES.md 21, 28, 29).
-DEFAULT_HEAD = 4
+# What a deep-supervised UNet++ outputs at inference unless told otherwise: the deepest head alone (L4 at
+# the default depth). It matched or beat the mean of the four heads on every model measured
+# (benchmarks/NOTES.md 21, 28, 29).
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -30,27 +30,32 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 
 def set_head(model: nn.Module, head: int | None = None) -> nn.Module:
-    """Choose a deep-supervised UNet++'s inference output: None = DEFAULT_HEAD, 0 = the mean of the four
-    heads (the UNet++ paper's "accurate" mode), 1..4 = only that head's sub-network. Training, which asks
-    for every head, is unaffected. Other models have one output: an explicit head 1..4 is an error."""
+    """Choose a deep-supervised UNet++'s inference output: None = the deepest head (L4 at the default
+    depth), 0 = the mean of the heads (the UNet++ paper's "accurate" mode), 1..depth = only that head's
+    sub-network. Training, which asks for every head, is unaffected. Other models have one output: an
+    explicit head is an error."""
     if not getattr(model, "deep_supervision", False):
         if head:
             raise PolypsegError(
                 f"--prune needs a deep-supervision UNet++; this model is {type(model).__name__}"
             )
         return model
-    head = DEFAULT_HEAD if head is None else head
-    if not 0 <= head <= 4:
-        raise PolypsegError(f"--prune takes 1..4 (0 = the mean of the heads), got {head}")
+    depth = model.depth
+    head = depth if head is None else head
+    if not 0 <= head <= depth:
+        raise PolypsegError(
+            f"--prune takes 1..{depth} for this model (0 = the mean of the heads), got {head}"
+        )
     model.prune = head
     return model
 
 
-def head_name(prune: int, deep_supervision: bool) -> str:
+def head_name(prune: int, deep_supervision: bool, depth: int = 4) -> str:
     """How a model's output is formed, in words, for reports: 'head L4', 'mean of the four heads'..."""
     if not deep_supervision:
         return "single head"
-    return f"head L{prune}" if prune else "mean of the four heads"
+    words = {1: "one", 2: "two", 3: "three", 4: "four"}
+    return f"head L{prune}" if prune else f"mean of the {words[depth]} heads"
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -70,7 +75,6 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
-    "DEFAULT_HEAD",
     "MODELS",
     "UNet",
     "UNetPlusPlus",

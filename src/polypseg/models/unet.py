@@ -5,13 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from polypseg.config import input_stride
+from polypseg.errors import PolypsegError
 from polypseg.models.blocks import Normalize, VGGBlock, filters
 
 
 class UNet(nn.Module):
-    """Plain U-Net: encoder x{i}_0, decoder x{3-k}_{k+1} with one skip per level, one head.
+    """Plain U-Net: encoder x{i}_0, decoder x{D-k}_{k} (D = depth) with one skip per level, one head.
 
-    Input: (B, 3, H, W) RGB in 0..255, H and W divisible by 16. Output: logits (B, num_classes, H, W).
+    Input: (B, 3, H, W) RGB in 0..255, H and W divisible by 2^depth (16 by default). Output: logits
+    (B, num_classes, H, W).
     """
 
     def __init__(
@@ -20,36 +23,33 @@ class UNet(nn.Module):
         num_classes: int = 1,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
+        depth: int = 4,
     ):
         super().__init__()
+        if not 1 <= depth <= 4:
+            raise PolypsegError(f"depth takes 1..4, got {depth}")
         f = filters(width)
         kw = dict(norm_layer=norm_layer, act_layer=act_layer)
         self.deep_supervision = False
         self.prune = 0
+        self.depth = depth
+        self.stride = input_stride("none", depth)[0]
         self.normalize = Normalize()
         self.pool = nn.MaxPool2d(2)
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
-        self.conv0_0 = VGGBlock(3, f[0], f[0], **kw)
-        self.conv1_0 = VGGBlock(f[0], f[1], f[1], **kw)
-        self.conv2_0 = VGGBlock(f[1], f[2], f[2], **kw)
-        self.conv3_0 = VGGBlock(f[2], f[3], f[3], **kw)
-        self.conv4_0 = VGGBlock(f[3], f[4], f[4], **kw)
-        self.conv3_1 = VGGBlock(f[3] + f[4], f[3], f[3], **kw)
-        self.conv2_2 = VGGBlock(f[2] + f[3], f[2], f[2], **kw)
-        self.conv1_3 = VGGBlock(f[1] + f[2], f[1], f[1], **kw)
-        self.conv0_4 = VGGBlock(f[0] + f[1], f[0], f[0], **kw)
+        for i in range(depth + 1):
+            setattr(self, f"conv{i}_0", VGGBlock(f[i - 1] if i else 3, f[i], f[i], **kw))
+        for i in reversed(range(depth)):  # x{i}_{depth-i}: named like the UNet++ node in its place
+            setattr(self, f"conv{i}_{depth - i}", VGGBlock(f[i] + f[i + 1], f[i], f[i], **kw))
         self.final = nn.Conv2d(f[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor, heads: bool = False):
         x = self.normalize(x)
-        x0_0 = self.conv0_0(x)
-        x1_0 = self.conv1_0(self.pool(x0_0))
-        x2_0 = self.conv2_0(self.pool(x1_0))
-        x3_0 = self.conv3_0(self.pool(x2_0))
-        x4_0 = self.conv4_0(self.pool(x3_0))
-        x3_1 = self.conv3_1(torch.cat([x3_0, self.up(x4_0)], 1))
-        x2_2 = self.conv2_2(torch.cat([x2_0, self.up(x3_1)], 1))
-        x1_3 = self.conv1_3(torch.cat([x1_0, self.up(x2_2)], 1))
-        x0_4 = self.conv0_4(torch.cat([x0_0, self.up(x1_3)], 1))
-        out = self.final(x0_4)
+        skips = [self.conv0_0(x)]
+        for i in range(1, self.depth + 1):
+            skips.append(getattr(self, f"conv{i}_0")(self.pool(skips[-1])))
+        y = skips.pop()
+        for i in reversed(range(self.depth)):
+            y = getattr(self, f"conv{i}_{self.depth - i}")(torch.cat([skips[i], self.up(y)], 1))
+        out = self.final(y)
         return [out] if heads else out

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polypseg.config import INPUT_STRIDE
+from polypseg.config import ENCODERS, input_stride
 from polypseg.errors import PolypsegError
 from polypseg.models.blocks import Normalize, VGGBlock, filters
 from polypseg.models.efficientnet_lite import (
@@ -26,26 +26,29 @@ from polypseg.models.efficientnet_lite import (
     lite_channels,
 )
 
-ENCODERS = tuple(name for name in INPUT_STRIDE if name != "none")
 # The backbone column x{i}_0: the pretrained encoder's levels when there is one (optim.encoder_lr)
 ENCODER_LEVELS = ("conv0_0", "conv1_0", "conv2_0", "conv3_0", "conv4_0")
 
 
 class UNetPlusPlus(nn.Module):
-    """UNet++ with VGG blocks, bilinear up-sampling and (optionally) 4 deep-supervision heads.
+    """UNet++ with VGG blocks, bilinear up-sampling and (optionally) deep-supervision heads, one per level.
 
     Args:
         width: filters of the first level; levels have width * (1, 2, 4, 8, 16). 32 is the seed's network.
         num_classes: output channels (1 for polyp vs background).
-        deep_supervision: four 1x1 heads on x0_1..x0_4 (else one head on x0_4).
-        prune: 0 = "accurate" (mean of the heads' logits); 1..4 = "fast", run only the sub-network of head L.
+        deep_supervision: a 1x1 head on each of x0_1..x0_depth (else one head on x0_depth).
+        prune: 0 = "accurate" (mean of the heads' logits); 1..depth = "fast", run only the sub-network of
+            head L.
+        depth: down-sampling levels below the first, 1..4 (4 is the seed's and the paper's network; depth D
+            is the paper's UNet++ L_D trained on its own, with D heads and inputs divisible by 2^D).
         encoder: None (VGG blocks, from scratch, the seed's network) or "efficientnet-lite0" (-lite1,
             -lite2); `width` then sets only the decoder's filters.
         encoder_weights: "imagenet" to start the encoder from its ImageNet weights, None for random (a
             checkpoint's weights are loaded over it anyway).
 
-    Input: (B, 3, H, W) RGB in 0..255, H and W divisible by `stride` (16; 32 with an encoder). Output: logits
-    (B, num_classes, H, W), or with ``heads=True`` the list of head logits (training).
+    Input: (B, 3, H, W) RGB in 0..255, H and W divisible by `stride` (2^depth, 16 by default; twice that with
+    an encoder). Output: logits (B, num_classes, H, W), or with ``heads=True`` the list of head logits
+    (training).
 
     Example:
         >>> m = UNetPlusPlus(width=8)
@@ -63,88 +66,72 @@ class UNetPlusPlus(nn.Module):
         act_layer: type[nn.Module] = nn.ReLU,
         encoder: str | None = None,
         encoder_weights: str | None = None,
+        depth: int = 4,
     ):
         super().__init__()
+        if not 1 <= depth <= 4:
+            raise PolypsegError(f"depth takes 1..4, got {depth}")
         kw = dict(norm_layer=norm_layer, act_layer=act_layer)
         self.deep_supervision = deep_supervision
         self.prune = prune
+        self.depth = depth
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
         dec = filters(width)  # channels of the nested nodes x{i}_{j}, j >= 1
         if encoder is None:
             enc = dec
             self.normalize = Normalize()
             self.pool = nn.MaxPool2d(2)
-            self.conv0_0 = VGGBlock(3, enc[0], enc[0], **kw)
-            self.conv1_0 = VGGBlock(enc[0], enc[1], enc[1], **kw)
-            self.conv2_0 = VGGBlock(enc[1], enc[2], enc[2], **kw)
-            self.conv3_0 = VGGBlock(enc[2], enc[3], enc[3], **kw)
-            self.conv4_0 = VGGBlock(enc[3], enc[4], enc[4], **kw)
+            cin = 3
+            for i in range(depth + 1):  # the backbone column x{i}_0
+                setattr(self, f"conv{i}_0", VGGBlock(cin, enc[i], enc[i], **kw))
+                cin = enc[i]
             self.up_out = nn.Identity()
         elif encoder in LITE_SCALES:
             enc = lite_channels(encoder)
             self.normalize = Normalize(LITE_MEAN, LITE_STD)
             self.pool = nn.Identity()  # each level down-samples itself
             levels = efficientnet_lite_levels(encoder, encoder_weights)
-            self.conv0_0, self.conv1_0, self.conv2_0, self.conv3_0, self.conv4_0 = levels
+            for i in range(depth + 1):
+                setattr(self, f"conv{i}_0", levels[i])
             self.up_out = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
         else:
             raise PolypsegError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
-        self.stride = INPUT_STRIDE[encoder or "none"][0]
+        self.stride = input_stride(encoder or "none", depth)[0]
 
-        def node(i: int, j: int) -> VGGBlock:
-            """x{i}_{j}: reads x{i}_0, x{i}_1..x{i}_{j-1} and up(x{i+1}_{j-1})."""
-            cin = enc[i] + (j - 1) * dec[i] + (enc[i + 1] if j == 1 else dec[i + 1])
-            return VGGBlock(cin, dec[i], dec[i], **kw)
-
-        self.conv0_1, self.conv1_1, self.conv2_1, self.conv3_1 = (node(i, 1) for i in range(4))
-        self.conv0_2, self.conv1_2, self.conv2_2 = (node(i, 2) for i in range(3))
-        self.conv0_3, self.conv1_3 = node(0, 3), node(1, 3)
-        self.conv0_4 = node(0, 4)
+        # x{i}_{j} reads x{i}_0, x{i}_1..x{i}_{j-1} and up(x{i+1}_{j-1}); created column by column, as the
+        # seed's network was, so a seed gives the same initial weights.
+        for j in range(1, depth + 1):
+            for i in range(depth + 1 - j):
+                cin = enc[i] + (j - 1) * dec[i] + (enc[i + 1] if j == 1 else dec[i + 1])
+                setattr(self, f"conv{i}_{j}", VGGBlock(cin, dec[i], dec[i], **kw))
 
         if deep_supervision:
-            self.final1 = nn.Conv2d(dec[0], num_classes, 1)
-            self.final2 = nn.Conv2d(dec[0], num_classes, 1)
-            self.final3 = nn.Conv2d(dec[0], num_classes, 1)
-            self.final4 = nn.Conv2d(dec[0], num_classes, 1)
+            for level in range(1, depth + 1):
+                setattr(self, f"final{level}", nn.Conv2d(dec[0], num_classes, 1))
         else:
             self.final = nn.Conv2d(dec[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor, heads: bool = False):
         prune = self.prune if (self.deep_supervision and not heads) else 0
-        depth = prune or 4
+        last = prune or self.depth  # head L needs only the nodes x{i}_{j} with i + j <= L
         x = self.normalize(x)
-        x0_0 = self.conv0_0(x)
-        x1_0 = self.conv1_0(self.pool(x0_0))
-        x0_1 = self.conv0_1(torch.cat([x0_0, self.up(x1_0)], 1))
-        if depth == 1:
-            return self.up_out(self.final1(x0_1))
-
-        x2_0 = self.conv2_0(self.pool(x1_0))
-        x1_1 = self.conv1_1(torch.cat([x1_0, self.up(x2_0)], 1))
-        x0_2 = self.conv0_2(torch.cat([x0_0, x0_1, self.up(x1_1)], 1))
-        if depth == 2:
-            return self.up_out(self.final2(x0_2))
-
-        x3_0 = self.conv3_0(self.pool(x2_0))
-        x2_1 = self.conv2_1(torch.cat([x2_0, self.up(x3_0)], 1))
-        x1_2 = self.conv1_2(torch.cat([x1_0, x1_1, self.up(x2_1)], 1))
-        x0_3 = self.conv0_3(torch.cat([x0_0, x0_1, x0_2, self.up(x1_2)], 1))
-        if depth == 3:
-            return self.up_out(self.final3(x0_3))
-
-        x4_0 = self.conv4_0(self.pool(x3_0))
-        x3_1 = self.conv3_1(torch.cat([x3_0, self.up(x4_0)], 1))
-        x2_2 = self.conv2_2(torch.cat([x2_0, x2_1, self.up(x3_1)], 1))
-        x1_3 = self.conv1_3(torch.cat([x1_0, x1_1, x1_2, self.up(x2_2)], 1))
-        x0_4 = self.conv0_4(torch.cat([x0_0, x0_1, x0_2, x0_3, self.up(x1_3)], 1))
-
+        col = [[self.conv0_0(x)]]  # col[i]: the nodes x{i}_0, x{i}_1, ... computed so far
+        outs = []
+        for level in range(1, last + 1):
+            # one anti-diagonal: x{level}_0, then x{level-1}_1 ... x0_{level}
+            col.append([getattr(self, f"conv{level}_0")(self.pool(col[level - 1][0]))])
+            for j in range(1, level + 1):
+                i = level - j
+                col[i].append(
+                    getattr(self, f"conv{i}_{j}")(torch.cat([*col[i], self.up(col[i + 1][j - 1])], 1))
+                )
+            if self.deep_supervision and (heads or not prune or level == prune):
+                outs.append(self.up_out(getattr(self, f"final{level}")(col[0][level])))
         if not self.deep_supervision:
-            out = self.up_out(self.final(x0_4))
+            out = self.up_out(self.final(col[0][last]))
             return [out] if heads else out
-        outs = [self.final1(x0_1), self.final2(x0_2), self.final3(x0_3), self.final4(x0_4)]
-        outs = [self.up_out(o) for o in outs]
         if heads:
             return outs
-        if prune == 4:
-            return outs[3]
-        return (outs[0] + outs[1] + outs[2] + outs[3]) / 4
+        if prune:
+            return outs[-1]
+        return sum(outs[1:], outs[0]) / len(outs)
