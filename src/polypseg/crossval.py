@@ -18,10 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from polypseg import atomic, detection
-from polypseg.config import TrainConfig, config_yaml, to_dict
+from polypseg.config import TrainConfig, config_yaml, load_config, to_dict
 from polypseg.data.layouts import discover
 from polypseg.errors import PolypsegError
 from polypseg.metrics import grouped_bootstrap_ci
@@ -174,7 +172,8 @@ def cross_validate(
     out = Path(out)
     saved = out / "config.yaml"
     if saved.is_file() and not overwrite:
-        if not _same_config(yaml.safe_load(saved.read_text()), to_dict(cfg)):
+        # read through the config's defaults, so a key added since that run (at its default) still matches
+        if not _same_config(to_dict(load_config(saved)), to_dict(cfg)):
             raise PolypsegError(
                 f"{out} holds a cross-validation with another config ({saved}); --overwrite replaces it"
             )
