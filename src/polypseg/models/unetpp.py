@@ -116,7 +116,6 @@ class UNetPlusPlus(nn.Module):
         last = prune or self.depth  # head L needs only the nodes x{i}_{j} with i + j <= L
         x = self.normalize(x)
         col = [[self.conv0_0(x)]]  # col[i]: the nodes x{i}_0, x{i}_1, ... computed so far
-        outs = []
         for level in range(1, last + 1):
             # one anti-diagonal: x{level}_0, then x{level-1}_1 ... x0_{level}
             col.append([getattr(self, f"conv{level}_0")(self.pool(col[level - 1][0]))])
@@ -125,13 +124,12 @@ class UNetPlusPlus(nn.Module):
                 col[i].append(
                     getattr(self, f"conv{i}_{j}")(torch.cat([*col[i], self.up(col[i + 1][j - 1])], 1))
                 )
-            if self.deep_supervision and (heads or not prune or level == prune):
-                outs.append(self.up_out(getattr(self, f"final{level}")(col[0][level])))
+        # The heads after every node, in the seed network's order: the same order of operations, so
+        # the backward pass sums gradients in the same order and a seed still gives the same weights.
         if not self.deep_supervision:
             out = self.up_out(self.final(col[0][last]))
             return [out] if heads else out
-        if heads:
-            return outs
         if prune:
-            return outs[-1]
-        return sum(outs[1:], outs[0]) / len(outs)
+            return self.up_out(getattr(self, f"final{prune}")(col[0][prune]))
+        outs = [self.up_out(getattr(self, f"final{level}")(col[0][level])) for level in range(1, last + 1)]
+        return outs if heads else sum(outs[1:], outs[0]) / len(outs)
