@@ -128,6 +128,9 @@ LOOP_VARIANTS = {
     # The same loop as two torchrun processes (gloo on CPU, NCCL on two GPUs), the batch split between
     # them, each with half the cores for its threads (NOTES.md 31: small ops scale poorly over threads).
     "ddp2": dict(procs=2),
+    # Shallower UNet++ (model.depth): the nodes of the deepest diagonals are not built at all
+    "depth3": dict(sets=["model.depth=3"]),
+    "depth2": dict(sets=["model.depth=2"]),
 }
 
 
