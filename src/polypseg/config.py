@@ -21,15 +21,19 @@ from polypseg import atomic
 from polypseg.errors import PolypsegError
 
 ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
-_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+DEPTHS = (1, 2, 3, 4)  # model.depth: levels below the first (4: the seed's network)
 
 
 def input_stride(encoder: str = "none", depth: int = 4) -> tuple[int, str]:
     """What input sides must be multiples of, and why: the network's total down-sampling. One rule for the
-    config check (before any work, without torch) and the model (UNetPlusPlus.stride)."""
+    config check (before any work, without torch) and the models (their `stride`), which it also spares a
+    depth they cannot build."""
+    if depth not in DEPTHS:
+        raise PolypsegError(f"depth takes 1..4, got {depth!r}")
     if encoder == "none":
-        return 2**depth, f"{_WORDS[depth]} pooling{'s' if depth > 1 else ''}"
-    return 2 ** (depth + 1), f"the encoder's {_WORDS[depth + 1]} down-samplings"
+        return 2**depth, f"{NUMBER_WORDS[depth]} pooling{'s' if depth > 1 else ''}"
+    return 2 ** (depth + 1), f"the encoder's {NUMBER_WORDS[depth + 1]} down-samplings"
 
 
 @dataclass
@@ -232,7 +236,7 @@ def check(cfg: TrainConfig) -> None:
     """Values the types allow but training cannot use: the first one is a one-line error, before any work."""
     d, a, o, loss = cfg.data, cfg.augment, cfg.optim, cfg.loss
     depth = cfg.model.depth
-    if depth not in (1, 2, 3, 4):
+    if depth not in DEPTHS:
         raise PolypsegError(
             f"model.depth must be 1..4 (levels below the first; 4 is the seed's network), got {depth!r}"
         )

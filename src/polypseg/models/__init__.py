@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from polypseg.config import NUMBER_WORDS
 from polypseg.errors import PolypsegError
 from polypseg.models.unet import UNet
 from polypseg.models.unetpp import UNetPlusPlus
 
 MODELS: dict[str, type[nn.Module]] = {"unetpp": UNetPlusPlus, "unet": UNet}
-
-# What a deep-supervised UNet++ outputs at inference unless told otherwise: the deepest head alone (L4 at
-# the default depth). It matched or beat the mean of the four heads on every model measured
-# (benchmarks/NOTES.md 21, 28, 29).
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -31,7 +28,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 def set_head(model: nn.Module, head: int | None = None) -> nn.Module:
     """Choose a deep-supervised UNet++'s inference output: None = the deepest head (L4 at the default
-    depth), 0 = the mean of the heads (the UNet++ paper's "accurate" mode), 1..depth = only that head's
+    depth; it matched or beat the mean of the four heads on every model measured, benchmarks/NOTES.md 21,
+    28, 29), 0 = the mean of the heads (the UNet++ paper's "accurate" mode), 1..depth = only that head's
     sub-network. Training, which asks for every head, is unaffected. Other models have one output: an
     explicit head is an error."""
     if not getattr(model, "deep_supervision", False):
@@ -54,8 +52,7 @@ def head_name(prune: int, deep_supervision: bool, depth: int = 4) -> str:
     """How a model's output is formed, in words, for reports: 'head L4', 'mean of the four heads'..."""
     if not deep_supervision:
         return "single head"
-    words = {1: "one", 2: "two", 3: "three", 4: "four"}
-    return f"head L{prune}" if prune else f"mean of the {words[depth]} heads"
+    return f"head L{prune}" if prune else f"mean of the {NUMBER_WORDS[depth]} heads"
 
 
 def count_parameters(model: nn.Module) -> int:

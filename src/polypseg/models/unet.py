@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from polypseg.config import input_stride
-from polypseg.errors import PolypsegError
 from polypseg.models.blocks import Normalize, VGGBlock, filters
 
 
@@ -26,14 +25,12 @@ class UNet(nn.Module):
         depth: int = 4,
     ):
         super().__init__()
-        if not 1 <= depth <= 4:
-            raise PolypsegError(f"depth takes 1..4, got {depth}")
+        self.stride = input_stride("none", depth)[0]
         f = filters(width)
         kw = dict(norm_layer=norm_layer, act_layer=act_layer)
         self.deep_supervision = False
         self.prune = 0
         self.depth = depth
-        self.stride = input_stride("none", depth)[0]
         self.normalize = Normalize()
         self.pool = nn.MaxPool2d(2)
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)

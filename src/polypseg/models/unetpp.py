@@ -69,8 +69,7 @@ class UNetPlusPlus(nn.Module):
         depth: int = 4,
     ):
         super().__init__()
-        if not 1 <= depth <= 4:
-            raise PolypsegError(f"depth takes 1..4, got {depth}")
+        self.stride = input_stride(encoder or "none", depth)[0]
         kw = dict(norm_layer=norm_layer, act_layer=act_layer)
         self.deep_supervision = deep_supervision
         self.prune = prune
@@ -96,7 +95,6 @@ class UNetPlusPlus(nn.Module):
             self.up_out = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
         else:
             raise PolypsegError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
-        self.stride = input_stride(encoder or "none", depth)[0]
 
         # x{i}_{j} reads x{i}_0, x{i}_1..x{i}_{j-1} and up(x{i+1}_{j-1}); created column by column, as the
         # seed's network was, so a seed gives the same initial weights.
