@@ -125,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
         "  polypseg train --preset full --set optim.epochs=100 --set data.split_by=kfold --set data.fold=2\n"
         "  polypseg train --resume runs/fast\n"
         "  polypseg train --preset fast --print-config > my.yaml    # every key: edit, then --config my.yaml\n"
+        "  polypseg train --preset full --data Kvasir-SEG --data CVC-ClinicDB   # two datasets as one\n"
+        "  polypseg train --preset fast --set model.depth=3          # a shallower UNet++ (inputs: multiples of 8)\n"
         "  torchrun --nproc_per_node=2 -m polypseg train --preset full",
     )
     _config_args(tr)
