@@ -143,3 +143,27 @@ def test_train_on_two_datasets_then_evaluate_each_held_out(two_datasets, tmp_pat
     assert names == sorted(split["val"]) and how.startswith("held-out frames")
     table = capsys.readouterr().out
     assert f"  clinic: {len(held['clinic'])} frames, Dice@0.5 " in table and "  other: " in table
+
+
+def test_cv_over_two_datasets_pools_each_apart(two_datasets, tmp_path, capsys):
+    a, b = two_datasets
+    out = tmp_path / "cv"
+    args = ["cv", "--data", str(a), "--data", str(b), "--out", str(out), "--no-progress"]
+    for o in [*TINY, "optim.epochs=1", "data.folds=2"]:
+        args += ["--set", o]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((out / "cv.json").read_text())
+    parts = r["per_dataset"]
+    assert {k: v["polyp_frames"] for k, v in parts.items()} == {
+        "clinic": len(CVC_PART),
+        "other": len(OTHER_PART),
+    }
+    assert r["pooled"]["polyp_frames"] == len(CVC_PART) + len(OTHER_PART)
+    # the whole is the frame-weighted mean of its parts
+    whole = sum(v["dice"]["mean"] * v["polyp_frames"] for v in parts.values()) / r["pooled"]["polyp_frames"]
+    assert whole == pytest.approx(r["pooled"]["dice"]["mean"])
+    assert (
+        f"  clinic: {len(CVC_PART)} frames with a polyp, Dice@0.5 {parts['clinic']['dice']['mean']:.4f}"
+        in printed
+    )

@@ -34,11 +34,14 @@ FOLD_COLUMNS = [
 ]
 
 
-def pool(eval_dirs: list[Path]) -> dict:
+def pool(eval_dirs: list[Path], dataset: str | None = None) -> dict:
     """The frames of several evaluations together (per_image.csv): mean Dice@0.5, IoU@0.5 and mDice over
     frames with a polyp, each with an interval from a bootstrap over whole sequences (over frames when the evaluations
-    knew no sequences, which is too narrow), and per-polyp detection summed over every frame."""
+    knew no sequences, which is too narrow), and per-polyp detection summed over every frame. `dataset`: only
+    the frames of that dataset of a combination (named DATASET/stem)."""
     rows = [r for d in eval_dirs for r in csv.DictReader(open(Path(d) / "per_image.csv"))]
+    if dataset is not None:
+        rows = [r for r in rows if r["name"].startswith(f"{dataset}/")]
     pos = [r for r in rows if r["negative"] == "False"]
     if not pos:
         raise PolypsegError("no frame with a polyp in the evaluations to pool")
@@ -166,7 +169,7 @@ def cross_validate(
         raise PolypsegError("data.split fixes one split; cv makes its own k folds (drop data.split)")
     if jobs < 1:
         raise PolypsegError(f"--jobs must be at least 1, got {jobs}")
-    discover(data, images, masks)  # a wrong data folder is named before anything is written
+    dataset = discover(data, images, masks)  # a wrong data folder is named before anything is written
     cfg = copy.deepcopy(cfg)
     cfg.data.split_by = "kfold"
     out = Path(out)
@@ -243,6 +246,8 @@ def cross_validate(
         "mean": {key: statistics.fmean(f[key] for f in folds) for key in keys},
         "std": {key: statistics.stdev(f[key] for f in folds) for key in keys},
         "pooled": pool(evals),
+        # combined datasets: each one's frames pooled apart too, as PraNet-family tables report them
+        "per_dataset": {name: pool(evals, name) for name in dataset.parts},
     }
     atomic.write_json(out / "cv.json", result)
     print(format_table(result))
@@ -275,4 +280,9 @@ def format_table(r: dict) -> str:
         f"per polyp over all {p['frames']} frames: recall {det['recall']:.3f}, precision "
         f"{det['precision']:.3f}, F1 {det['f1']:.3f}, {det['fp_per_frame']:.3f} false positives per frame"
     )
+    for name, d in r.get("per_dataset", {}).items():
+        lines.append(
+            f"  {name}: {d['polyp_frames']} frames with a polyp, Dice@0.5 {d['dice']['mean']:.4f} "
+            "(95% {:.4f}-{:.4f}), mDice {:.4f}".format(*d["dice"]["ci95"], d["mdice"]["mean"])
+        )
     return "\n".join(lines)
