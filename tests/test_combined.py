@@ -167,3 +167,16 @@ def test_cv_over_two_datasets_pools_each_apart(two_datasets, tmp_path, capsys):
         f"  clinic: {len(CVC_PART)} frames with a polyp, Dice@0.5 {parts['clinic']['dice']['mean']:.4f}"
         in printed
     )
+
+
+def test_resume_without_the_same_data_names_the_runs_data(two_datasets, tmp_path, capsys):
+    a, b = two_datasets
+    run = tmp_path / "run"
+    args = ["train", "--data", str(a), "--data", str(b), "--out", str(run), "--no-progress"]
+    for o in [*TINY, "optim.epochs=1"]:
+        args += ["--set", o]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--data", str(a), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"it trained on {a} + {b}: resume with the same --data" in err and len(err.splitlines()) == 1, err

@@ -295,13 +295,21 @@ def _train(
     split = Split.from_dict(ckpt["split"]) if ckpt else None
     if info.enabled and not info.main:
         torch.distributed.barrier()
-    decoded, split, train_idx, val_idx, data_info = prepare_data(
-        cfg, data, images, masks, cache_dir, split, log
-    )
+    trained_on = f"it trained on {ckpt['dataset']['root']}: resume with the same --data" if ckpt else ""
+    try:
+        decoded, split, train_idx, val_idx, data_info = prepare_data(
+            cfg, data, images, masks, cache_dir, split, log
+        )
+    except PolypsegError as e:
+        if not ckpt:
+            raise
+        raise PolypsegError(f"{e}; {trained_on}") from None
     if info.enabled and info.main:
         torch.distributed.barrier()
     if ckpt and ckpt["dataset"]["fingerprint"] != data_info["fingerprint"]:
-        raise PolypsegError("the data changed since this run started; resume needs the same files")
+        raise PolypsegError(
+            f"the data changed since this run started; resume needs the same files ({trained_on})"
+        )
     x_train = torch.from_numpy(decoded.images[train_idx]).to(device)
     y_train = torch.from_numpy(decoded.masks[train_idx]).to(device)
     x_val = torch.from_numpy(decoded.images[val_idx]).to(device)
