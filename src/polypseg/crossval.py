@@ -20,7 +20,7 @@ from pathlib import Path
 
 from polypseg import atomic, detection
 from polypseg.config import TrainConfig, config_yaml, load_config, to_dict
-from polypseg.data.layouts import discover
+from polypseg.data.layouts import discover, split_name
 from polypseg.errors import PolypsegError
 from polypseg.metrics import grouped_bootstrap_ci
 
@@ -41,7 +41,7 @@ def pool(eval_dirs: list[Path], dataset: str | None = None) -> dict:
     the frames of that dataset of a combination (named DATASET/stem)."""
     rows = [r for d in eval_dirs for r in csv.DictReader(open(Path(d) / "per_image.csv"))]
     if dataset is not None:
-        rows = [r for r in rows if r["name"].startswith(f"{dataset}/")]
+        rows = [r for r in rows if split_name(r["name"])[0] == dataset]
     pos = [r for r in rows if r["negative"] == "False"]
     if not pos:
         raise PolypsegError("no frame with a polyp in the evaluations to pool")

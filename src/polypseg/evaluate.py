@@ -24,7 +24,7 @@ from scipy import ndimage, stats
 from polypseg import atomic, detection
 from polypseg.data.cache import content_fingerprint
 from polypseg.data.download import sha256_of
-from polypseg.data.layouts import discover
+from polypseg.data.layouts import discover, split_name
 from polypseg.data.splits import Split, load_groups
 from polypseg.data.validate import validate
 from polypseg.errors import PolypsegError
@@ -125,12 +125,10 @@ def _choose_pairs(pairs, split: str, predictor: Predictor):
         fp = content_fingerprint(pairs)
         # This data is the training data, or one dataset of a training combination (its frames then
         # named FOLDER/stem in the split).
-        prefix = next((f"{k}/" for k, v in (ds.get("parts") or {}).items() if v == fp), None)
-        if ck_split and (ds.get("fingerprint") == fp or prefix):
+        part = next((k for k, v in (ds.get("parts") or {}).items() if v == fp), None)
+        if ck_split and (ds.get("fingerprint") == fp or part):
             s = Split.from_dict(ck_split)
-            names = (
-                set(s.val) if prefix is None else {n[len(prefix) :] for n in s.val if n.startswith(prefix)}
-            )
+            names = set(s.val) if part is None else {st for d, st in map(split_name, s.val) if d == part}
             if not names:
                 raise PolypsegError(
                     "this checkpoint was trained on every frame of this data; "
@@ -366,7 +364,7 @@ def evaluate(
         "segmentation": seg,
         "per_sequence": per_group(rows, det_counts) if sequences else [],
         # combined datasets (frames named FOLDER/stem): each dataset's own figures, as PraNet-family tables give
-        "per_dataset": per_group(rows, det_counts, lambda r: r["name"].split("/")[0], "dataset")
+        "per_dataset": per_group(rows, det_counts, lambda r: split_name(r["name"])[0], "dataset")
         if dataset.parts
         else [],
         "detection": det,

@@ -27,7 +27,7 @@ from polypseg.config import TrainConfig, config_from_dict, save_config
 from polypseg.config import check as check_config
 from polypseg.data.augment import BatchAugment
 from polypseg.data.cache import content_fingerprint, load_decoded
-from polypseg.data.layouts import discover
+from polypseg.data.layouts import combined_name, discover
 from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
 from polypseg.data.validate import validate
 from polypseg.devices import device_name, use_bf16
@@ -131,7 +131,7 @@ def prepare_data(
     if dataset.parts:  # each dataset's own fingerprint, so `evaluate --split test` knows one alone too
         good = {p.name for p in pairs}
         info["parts"] = {
-            prefix: content_fingerprint([p for p in part.pairs if f"{prefix}/{p.name}" in good])
+            prefix: content_fingerprint([p for p in part.pairs if combined_name(prefix, p.name) in good])
             for prefix, part in dataset.parts.items()
         }
     return decoded, split, train_idx, val_idx, info

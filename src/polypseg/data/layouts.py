@@ -169,6 +169,17 @@ def discover(data=None, images: str | None = None, masks: str | None = None) -> 
     )
 
 
+def combined_name(dataset: str, stem: str) -> str:
+    """The name of a frame of a combination: FOLDER/stem (stems and folder names hold no '/')."""
+    return f"{dataset}/{stem}"
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(dataset, stem) of a frame's name; dataset is '' for a frame of a single dataset."""
+    dataset, _, stem = name.rpartition("/")
+    return dataset, stem
+
+
 def combine(datasets: list[Dataset]) -> Dataset:
     """One dataset of several: frames named ``FOLDER/stem`` (unique even where stems repeat across
     datasets), in the given order; problems pooled; each part kept for its groups (splits.load_groups)."""
@@ -184,7 +195,9 @@ def combine(datasets: list[Dataset]) -> Dataset:
                 "FOLDER/stem, so the folders' names must differ"
             )
         parts[prefix] = d
-    pairs = [Pair(f"{prefix}/{p.name}", p.image, p.mask) for prefix, d in parts.items() for p in d.pairs]
+    pairs = [
+        Pair(combined_name(prefix, p.name), p.image, p.mask) for prefix, d in parts.items() for p in d.pairs
+    ]
     layout = " + ".join(f"{prefix} ({d.layout})" for prefix, d in parts.items())
     problems = [pr for d in datasets for pr in d.problems]
     return Dataset(datasets[0].root, f"combined: {layout}", pairs, problems, parts)

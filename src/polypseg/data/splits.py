@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from polypseg import atomic
-from polypseg.data.layouts import Dataset
+from polypseg.data.layouts import Dataset, combined_name, split_name
 from polypseg.errors import PolypsegError
 
 METHODS = ("group", "frame", "kfold", "none")
@@ -35,7 +35,7 @@ def _read_group_csv(lines) -> dict[str, str]:
             path = Path(row[0].strip())
             out[path.stem] = row[1].strip()
             if path.parent.name:  # FOLDER/stem names a frame of combined datasets
-                out[f"{path.parent.name}/{path.stem}"] = row[1].strip()
+                out[combined_name(path.parent.name, path.stem)] = row[1].strip()
     return out
 
 
@@ -58,7 +58,7 @@ def load_groups(dataset: Dataset, groups_csv: str | os.PathLike | None = None) -
             raise PolypsegError(f"groups file not found: {path}")
         table = _read_group_csv(path.read_text().splitlines())
         if dataset.parts:  # a bare stem names a frame only where no other dataset has that stem
-            stems = [n.split("/", 1)[1] for n in names]
+            stems = [split_name(n)[1] for n in names]
             once = {st for st, c in Counter(stems).items() if c == 1}
             table.update(
                 {n: table[st] for n, st in zip(names, stems) if n not in table and st in once & table.keys()}
@@ -71,7 +71,9 @@ def load_groups(dataset: Dataset, groups_csv: str | os.PathLike | None = None) -
         group_of, sources = {}, []
         for prefix, part in dataset.parts.items():
             groups, source = load_groups(part)
-            group_of.update({f"{prefix}/{n}": f"{prefix}/{g}" for n, g in zip(part.names, groups)})
+            group_of.update(
+                {combined_name(prefix, n): combined_name(prefix, g) for n, g in zip(part.names, groups)}
+            )
             sources.append(f"{prefix}: {source}")
         return [group_of[n] for n in names], f"each dataset's own groups ({'; '.join(sources)})"
     if dataset.layout == "cvc-clinicdb":
