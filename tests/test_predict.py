@@ -136,6 +136,7 @@ def test_unopenable_video_is_one_line_error(tiny_run, tmp_path, capsys):
     assert cli("predict", tiny_run / "best.pt", tmp_path / "bad.mp4", "--out", tmp_path / "o") == 2
     err = capsys.readouterr().err
     assert "cannot open video" in err and "nothing could be processed" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # a run that wrote nothing leaves no output folder behind
 
 
 def test_bundled_models_are_what_the_demo_and_card_say(cvc):

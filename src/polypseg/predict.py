@@ -392,6 +392,7 @@ def predict_paths(
     p = Predictor.from_checkpoint(
         checkpoint, device=device, prune=prune, threshold=threshold, tta=tta, min_area=min_area
     )
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     done = 0
@@ -440,5 +441,7 @@ def predict_paths(
         f"{p.device_name()}, {p.precision}); outputs in {out_dir}"
     )
     if not done:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # leave no trace of a run that wrote nothing
         raise PolypsegError("nothing could be processed")
     return True
