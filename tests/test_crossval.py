@@ -95,6 +95,9 @@ def test_cv_refuses_bad_input_before_writing(tmp_path, capsys, cvc_subset, subse
     assert "nowhere" in capsys.readouterr().err and not (tmp_path / "cv").exists()
     assert main([*_cv_args(cvc_subset, subset_groups, tmp_path / "cv"), "--jobs", "0"]) == 2
     assert capsys.readouterr().err.strip() == "polypseg: error: --jobs must be at least 1, got 0"
+    # more folds than the data have sequences: refused before config.yaml is written, not at fold 0
+    assert main(_cv_args(cvc_subset, subset_groups, tmp_path / "cv", "data.folds=50")) == 2
+    assert "cannot make 50 folds" in capsys.readouterr().err and not (tmp_path / "cv").exists()
 
 
 def test_cv_side_by_side_reports_each_folds_epoch(cvc_subset, subset_groups, tmp_path, capsys):

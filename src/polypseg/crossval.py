@@ -20,7 +20,7 @@ from pathlib import Path
 
 from polypseg import atomic, detection
 from polypseg.config import TrainConfig, config_yaml, load_config, to_dict
-from polypseg.data.layouts import discover, split_name
+from polypseg.data.layouts import split_name
 from polypseg.errors import PolypsegError
 from polypseg.metrics import grouped_bootstrap_ci
 
@@ -158,7 +158,7 @@ def cross_validate(
     threads (its output in OUT/fold{i}.log): on a small CPU, two one-thread runs train 1.5x the images
     of one two-thread run (benchmarks/NOTES.md 31)."""
     from polypseg.evaluate import evaluate
-    from polypseg.train import train
+    from polypseg.train import plan_split, train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise PolypsegError(
@@ -169,9 +169,10 @@ def cross_validate(
         raise PolypsegError("data.split fixes one split; cv makes its own k folds (drop data.split)")
     if jobs < 1:
         raise PolypsegError(f"--jobs must be at least 1, got {jobs}")
-    dataset = discover(data, images, masks)  # a wrong data folder is named before anything is written
     cfg = copy.deepcopy(cfg)
     cfg.data.split_by = "kfold"
+    # a wrong data folder, no usable pairs or too few groups for k folds are named before anything is written
+    dataset = plan_split(cfg, data, images, masks, cache_dir, log=lambda _: None)[0]
     out = Path(out)
     saved = out / "config.yaml"
     if saved.is_file() and not overwrite:

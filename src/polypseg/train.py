@@ -80,7 +80,7 @@ def param_groups(model: torch.nn.Module, lr: float, encoder_lr: float) -> list[d
     return [{"params": rest}, {"params": enc, "lr": lr * encoder_lr}]
 
 
-def prepare_data(
+def plan_split(
     cfg: TrainConfig,
     data=None,
     images=None,
@@ -89,7 +89,8 @@ def prepare_data(
     split: Split | None = None,
     log=print,
 ):
-    """Validated pairs -> groups -> split -> decoded arrays. Returns (decoded, split, train_idx, val_idx, info)."""
+    """Validated pairs -> groups -> split, decoding nothing: every data or split error a run can meet, before
+    anything is written. Returns (dataset, pairs, groups, group_source, split)."""
     dataset = discover(data, images, masks)
     checked = validate(dataset, cache_dir=cache_dir)
     pairs = checked.good
@@ -119,6 +120,20 @@ def prepare_data(
         )
     split.indices(dataset.names)  # every split name must be in this data (clear error otherwise)
     check_no_leak(split, dataset.names, groups)
+    return dataset, pairs, groups, group_source, split
+
+
+def prepare_data(
+    cfg: TrainConfig,
+    data=None,
+    images=None,
+    masks=None,
+    cache_dir=None,
+    split: Split | None = None,
+    log=print,
+):
+    """Validated pairs -> groups -> split -> decoded arrays. Returns (decoded, split, train_idx, val_idx, info)."""
+    dataset, pairs, groups, group_source, split = plan_split(cfg, data, images, masks, cache_dir, split, log)
     decoded = load_decoded(pairs, cfg.data.height, cfg.data.width, cache_dir=cache_dir)
     train_idx, val_idx = split.indices(decoded.names)
     info = {
