@@ -150,6 +150,7 @@ def test_evaluate_external_data_with_negatives(tiny_run, polypgen, tmp_path):
 
 def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint at all")
+    (tmp_path / "cut.pt").write_bytes((tiny_run / "best.pt").read_bytes()[:5000])  # a copy cut short
     ck = torch.load(tiny_run / "best.pt", weights_only=True)
     ck["arch"]["name"] = "segformer"
     torch.save(ck, tmp_path / "unknown.pt")
@@ -158,7 +159,11 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
     cases = [
         (
             ["--checkpoint", str(tmp_path / "corrupt.pt"), "--data", str(cvc_subset)],
-            "corrupt or unreadable checkpoint",
+            "corrupt.pt: not a checkpoint (expected a .pt file from `polypseg train`",
+        ),
+        (
+            ["--checkpoint", str(tmp_path / "cut.pt"), "--data", str(cvc_subset)],
+            "cut.pt: corrupt or truncated checkpoint",
         ),
         (
             ["--checkpoint", str(tmp_path / "unknown.pt"), "--data", str(cvc_subset)],

@@ -93,13 +93,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise PolypsegError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return load_safetensors(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (a pickle, protocol 2+, before PyTorch 1.6); anything else is not one,
+    # and torch.load's message for it is an unpickler's opcode number
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):
+        raise PolypsegError(
+            f"{path}: not a checkpoint (expected a .pt file from `polypseg train` or a .safetensors file "
+            "from `polypseg export`)"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (
         Exception
     ) as e:  # torch.load raises many types (IndexError, UnpicklingError, RuntimeError...) on junk
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PolypsegError(f"{path}: corrupt or unreadable checkpoint ({first[:120]})") from None
+        raise PolypsegError(f"{path}: corrupt or truncated checkpoint ({first[:120]})") from None
     return _check(ckpt, path)
 
 
