@@ -135,3 +135,18 @@ def test_depth_sets_the_input_multiple_and_the_head_weights():
     ]:
         with pytest.raises(PolypsegError, match=message):
             load_config(overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["data"], ["data", "check"], ["data", "download"], ["train"], ["cv"], ["evaluate"], ["predict"]]
+    + [["export"], ["benchmark"], ["serve"]],
+)
+def test_every_command_has_help_with_an_example(command, capsys):
+    from polypseg.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out and "  polypseg " + command[0] in out.split("example", 1)[1]

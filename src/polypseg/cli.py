@@ -87,7 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"polypseg {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="check or download datasets")
+    data = sub.add_parser(
+        "data",
+        help="check or download datasets",
+        formatter_class=fmt,
+        epilog="examples:\n  polypseg data check ../shared/datasets/CVC-ClinicDB\n"
+        "  polypseg data check ../shared/datasets/PolypGen-val --json",
+    )
     dsub = data.add_subparsers(dest="data_command", required=True)
     chk = dsub.add_parser(
         "check",
