@@ -22,8 +22,9 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from summarize import load, polyp_rows
+from summarize import load
 
+from polypseg.crossval import polyp_rows
 from polypseg.data.splits import Split, cvc_clinicdb_groups
 
 

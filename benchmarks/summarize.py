@@ -14,14 +14,14 @@ is found beside the checkpoint the evaluation names, or, for a folder fetched fr
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import statistics
 from pathlib import Path
 
+from polypseg.crossval import paired as compare
 from polypseg.crossval import pool
-from polypseg.metrics import grouped_bootstrap_ci
+from polypseg.errors import PolypsegError
 
 # (label, section, key, digits)
 COLUMNS = [
@@ -86,34 +86,21 @@ def interval(ci, sign: str = "") -> str:
     return f"95% interval {lo:{sign}.3f} to {hi:{sign}.3f}"
 
 
-def polyp_rows(dirs: list[Path], negatives: bool = False) -> dict[str, dict]:
-    """Frame name -> per_image.csv row over several evaluation folders, frames with a polyp only unless asked."""
-    return {
-        r["name"]: r
-        for d in dirs
-        for r in csv.DictReader(open(d / "per_image.csv"))
-        if negatives or r["negative"] == "False"
-    }
-
-
 def paired(folds: list[dict], baseline: list[Path]) -> tuple[str, dict]:
     """Mean per-frame difference to a baseline evaluated on the same frames, with a sequence bootstrap."""
-    a, b = polyp_rows([m["dir"] for m in folds]), polyp_rows(baseline)
-    common = sorted(set(a) & set(b))
-    if not common:
-        raise SystemExit("summarize.py: --baseline and --folds have no frame in common")
-    group = lambda n: a[n].get("group") or b[n].get("group")  # noqa: E731 (either side may name it)
-    known = all(group(n) for n in common)
-    groups = [group(n) if known else n for n in common]
-    out = {"frames": len(common), "of": [len(a), len(b)], "sequences": len(set(groups))}
-    for key in ("dice", "mdice"):
-        diff = [float(a[n][key]) - float(b[n][key]) for n in common]
-        out[key] = {"mean": statistics.fmean(diff), "ci95": grouped_bootstrap_ci(diff, groups)}
+    try:
+        out = compare([m["dir"] for m in folds], baseline)
+    except PolypsegError as e:
+        raise SystemExit(f"summarize.py: {e}") from None
     d, md = out["dice"], out["mdice"]
-    unit = f"{out['sequences']} sequences" if known else f"{len(common)} frames (no sequences: too narrow)"
+    unit = (
+        f"{out['sequences']} sequences"
+        if out["sequences"]
+        else f"{out['frames']} frames (no sequences: too narrow)"
+    )
     text = (
-        f"Against the baseline on the same {len(common)} frames with a polyp ({unit}; "
-        f"of {len(a)} and {len(b)}): Dice@0.5 **{d['mean']:+.4f}** ({interval(d['ci95'], '+')}), "
+        f"Against the baseline on the same {out['frames']} frames with a polyp ({unit}; "
+        f"of {out['of'][0]} and {out['of'][1]}): Dice@0.5 **{d['mean']:+.4f}** ({interval(d['ci95'], '+')}), "
         f"mDice **{md['mean']:+.4f}** ({interval(md['ci95'], '+')}); "
         "paired bootstrap resampling whole sequences, 2000 draws. The interval covers the choice of test "
         "frames, not the training seed."

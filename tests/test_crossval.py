@@ -65,6 +65,26 @@ def test_cv_scores_every_frame_once_and_continues(cvc_subset, subset_groups, tmp
         == f"polypseg: error: {out} holds a cross-validation with another config ({out / 'config.yaml'}); --overwrite replaces it"
     )
 
+    # Another recipe (here: another seed, which also deals the sequences to other folds) against this one:
+    # the paired difference, frame by frame over the 40 frames both held out, pooled over sequences.
+    other = tmp_path / "cv_seed1"
+    assert main([*_cv_args(cvc_subset, subset_groups, other, "seed=1"), "--baseline", str(out)]) == 0
+    printed = capsys.readouterr().out
+    v = json.loads((other / "cv.json").read_text())["vs_baseline"]
+    dice = lambda d: {  # noqa: E731
+        x["name"]: float(x["dice"])
+        for f in (0, 1)
+        for x in csv.DictReader(open(d / f"fold{f}" / "eval" / "per_image.csv"))
+    }
+    new, old = dice(other), dice(out)
+    assert v["frames"] == 40 and v["sequences"] == 4 and v["baseline"] == str(out)
+    assert v["dice"]["mean"] == pytest.approx(statistics.fmean(new[n] - old[n] for n in old))
+    lo, hi = v["dice"]["ci95"]
+    assert lo <= v["dice"]["mean"] <= hi and f"against {out} on the same 40 frames" in printed
+    # A baseline that is not a finished cv folder is refused before anything is written.
+    assert main([*_cv_args(cvc_subset, subset_groups, tmp_path / "x"), "--baseline", str(tmp_path)]) == 2
+    assert "no cv.json there" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
 
 def test_cv_trains_folds_side_by_side(cvc_subset, subset_groups, tmp_path, capsys):
     import torch

@@ -146,7 +146,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         epilog="examples:\n  polypseg cv --preset fast --out runs/cv_fast      # 5 folds; the same command continues it\n"
         "  polypseg cv --preset fast --jobs 2 --out runs/cv_fast   # two folds at a time, one thread each (2 cores)\n"
-        "  polypseg cv --preset fast --set model.encoder=efficientnet-lite0 --set data.width=96 --out runs/cv_lite0",
+        "  polypseg cv --preset fast --set model.encoder=efficientnet-lite0 --set data.width=96 --out runs/cv_lite0 \\\n"
+        "      --baseline runs/cv_fast      # + the paired difference against that recipe, frame by frame",
     )
     _config_args(cv)
     cv.add_argument("--out", default="runs/cv", help="folder of the folds' runs and cv.json")
@@ -156,6 +157,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="folds trained at once, each with a share of the CPU threads (default 1)",
+    )
+    cv.add_argument(
+        "--baseline",
+        metavar="CV_DIR",
+        help="a finished cv folder of another recipe on the same data: adds the paired difference on the "
+        "frames both held out (bootstrap over sequences) to the table and cv.json",
     )
 
     ev = sub.add_parser(
@@ -320,6 +327,7 @@ def _cmd_cv(a) -> int:
         **_run_source(a),
         overwrite=a.overwrite,
         jobs=a.jobs,
+        baseline=a.baseline,
     )
     return 0
 

@@ -62,6 +62,53 @@ def pool(eval_dirs: list[Path], dataset: str | None = None) -> dict:
     return out
 
 
+def polyp_rows(eval_dirs: list[Path], negatives: bool = False) -> dict[str, dict]:
+    """Frame name -> per_image.csv row over several evaluation folders; frames with a polyp only unless asked."""
+    return {
+        r["name"]: r
+        for d in eval_dirs
+        for r in csv.DictReader(open(Path(d) / "per_image.csv"))
+        if negatives or r["negative"] == "False"
+    }
+
+
+def paired(eval_dirs: list[Path], baseline_dirs: list[Path]) -> dict:
+    """Per-frame difference (this minus baseline) of Dice@0.5 and mDice over the frames with a polyp that both
+    evaluations scored, with an interval from a bootstrap over whole sequences: a paired comparison of two
+    recipes on the same held-out frames (their folds may differ: a seed deals the sequences anew). The
+    interval covers the choice of test frames, not training noise; a second seed covers that."""
+    a, b = polyp_rows(eval_dirs), polyp_rows(baseline_dirs)
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise PolypsegError("the baseline's evaluations share no frame with a polyp with these")
+    group = {n: a[n].get("group") or b[n].get("group") for n in common}  # either side may name it
+    known = all(group.values())
+    groups = [group[n] if known else n for n in common]
+    out = {
+        "frames": len(common),
+        "of": [len(a), len(b)],
+        "sequences": len(set(groups)) if known else None,
+        "interval_over": "sequences" if known else "frames (no sequences known: too narrow)",
+    }
+    for key in ("dice", "mdice"):
+        diff = [float(a[n][key]) - float(b[n][key]) for n in common]
+        out[key] = {"mean": statistics.fmean(diff), "ci95": list(grouped_bootstrap_ci(diff, groups))}
+    return out
+
+
+def _baseline_evals(baseline: str | os.PathLike) -> list[Path]:
+    """The fold evaluations of a finished `polypseg cv` folder."""
+    cv_json = Path(baseline) / "cv.json"
+    if not cv_json.is_file():
+        raise PolypsegError(f"--baseline {baseline}: no cv.json there (a finished `polypseg cv` folder)")
+    k = json.loads(cv_json.read_text())["k"]
+    evals = [Path(baseline) / f"fold{i}" / "eval" for i in range(k)]
+    missing = [e for e in evals if not (e / "per_image.csv").is_file()]
+    if missing:
+        raise PolypsegError(f"--baseline {baseline}: {missing[0]} holds no evaluation (per_image.csv)")
+    return evals
+
+
 def _fold_done(run: Path) -> bool:
     """A fold whose training ended (not interrupted) and whose best.pt was written."""
     summary = run / "summary.json"
@@ -150,13 +197,15 @@ def cross_validate(
     overwrite: bool = False,
     jobs: int = 1,
     report_every_s: float = 60.0,
+    baseline: str | os.PathLike | None = None,
 ) -> dict:
     """Train folds 0..k-1 of `cfg` (split_by=kfold, k = data.folds) into OUT/fold{i}, evaluate each on its
     held-out frames into OUT/fold{i}/eval, and write OUT/cv.json with the folds and the pooled result.
 
     `jobs` > 1 trains that many folds at once, each in its own process with an equal share of the CPU
     threads (its output in OUT/fold{i}.log): on a small CPU, two one-thread runs train 1.5x the images
-    of one two-thread run (benchmarks/NOTES.md 31)."""
+    of one two-thread run (benchmarks/NOTES.md 31). `baseline`: a finished cv folder of another recipe on the
+    same data; cv.json then holds the paired difference on the frames both scored (`paired`)."""
     from polypseg.evaluate import evaluate
     from polypseg.train import plan_split, train
 
@@ -169,6 +218,7 @@ def cross_validate(
         raise PolypsegError("data.split fixes one split; cv makes its own k folds (drop data.split)")
     if jobs < 1:
         raise PolypsegError(f"--jobs must be at least 1, got {jobs}")
+    baseline_evals = _baseline_evals(baseline) if baseline is not None else None
     cfg = copy.deepcopy(cfg)
     cfg.data.split_by = "kfold"
     # a wrong data folder, no usable pairs or too few groups for k folds are named before anything is written
@@ -250,6 +300,8 @@ def cross_validate(
         # combined datasets: each one's frames pooled apart too, as PraNet-family tables report them
         "per_dataset": {name: pool(evals, name) for name in dataset.parts},
     }
+    if baseline_evals is not None:
+        result["vs_baseline"] = {"baseline": str(baseline), **paired(evals, baseline_evals)}
     atomic.write_json(out / "cv.json", result)
     print(format_table(result))
     print(f"results: {out / 'cv.json'}")
@@ -285,5 +337,15 @@ def format_table(r: dict) -> str:
         lines.append(
             f"  {name}: {d['polyp_frames']} frames with a polyp, Dice@0.5 {d['dice']['mean']:.4f} "
             "(95% {:.4f}-{:.4f}), mDice {:.4f}".format(*d["dice"]["ci95"], d["mdice"]["mean"])
+        )
+    if "vs_baseline" in r:
+        v = r["vs_baseline"]
+        over = f"{v['sequences']} sequences" if v["sequences"] else "frames (no sequences: too narrow)"
+        lines.append(
+            f"against {v['baseline']} on the same {v['frames']} frames: Dice@0.5 {v['dice']['mean']:+.4f} "
+            "(95% {:+.4f} to {:+.4f}), mDice {:+.4f} (95% {:+.4f} to {:+.4f}); ".format(
+                *v["dice"]["ci95"], v["mdice"]["mean"], *v["mdice"]["ci95"]
+            )
+            + f"paired bootstrap over {over}, covering the test frames, not the training seed"
         )
     return "\n".join(lines)
