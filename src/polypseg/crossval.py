@@ -62,13 +62,13 @@ def pool(eval_dirs: list[Path], dataset: str | None = None) -> dict:
     return out
 
 
-def polyp_rows(eval_dirs: list[Path], negatives: bool = False) -> dict[str, dict]:
-    """Frame name -> per_image.csv row over several evaluation folders; frames with a polyp only unless asked."""
+def polyp_rows(eval_dirs: list[Path]) -> dict[str, dict]:
+    """Frame name -> per_image.csv row over several evaluation folders, frames with a polyp only."""
     return {
         r["name"]: r
         for d in eval_dirs
         for r in csv.DictReader(open(Path(d) / "per_image.csv"))
-        if negatives or r["negative"] == "False"
+        if r["negative"] == "False"
     }
 
 

@@ -90,7 +90,7 @@ def plan_split(
     log=print,
 ):
     """Validated pairs -> groups -> split, decoding nothing: every data or split error a run can meet, before
-    anything is written. Returns (dataset, pairs, groups, group_source, split)."""
+    anything is written. Returns (dataset, group_source, split); dataset.pairs holds the usable pairs."""
     dataset = discover(data, images, masks)
     checked = validate(dataset, cache_dir=cache_dir)
     pairs = checked.good
@@ -120,7 +120,7 @@ def plan_split(
         )
     split.indices(dataset.names)  # every split name must be in this data (clear error otherwise)
     check_no_leak(split, dataset.names, groups)
-    return dataset, pairs, groups, group_source, split
+    return dataset, group_source, split
 
 
 def prepare_data(
@@ -133,7 +133,8 @@ def prepare_data(
     log=print,
 ):
     """Validated pairs -> groups -> split -> decoded arrays. Returns (decoded, split, train_idx, val_idx, info)."""
-    dataset, pairs, groups, group_source, split = plan_split(cfg, data, images, masks, cache_dir, split, log)
+    dataset, group_source, split = plan_split(cfg, data, images, masks, cache_dir, split, log)
+    pairs = dataset.pairs
     decoded = load_decoded(pairs, cfg.data.height, cfg.data.width, cache_dir=cache_dir)
     train_idx, val_idx = split.indices(decoded.names)
     info = {
