@@ -22,16 +22,17 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from polypseg import metrics  # noqa: E402
 from polypseg.data import discover  # noqa: E402
 from polypseg.data.splits import Split, load_groups  # noqa: E402
 from polypseg.imageio import read_mask, read_rgb  # noqa: E402
-from polypseg.metrics import grouped_bootstrap_ci  # noqa: E402
 from polypseg.predict import Predictor  # noqa: E402
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    s = pred.sum() + gt.sum()
-    return float(2 * (pred & gt).sum() / s) if s else 1.0
+    """Dice of two bool masks (gt has a polyp, so it is defined), through the package's own formula."""
+    tp = int((pred & gt).sum())
+    return float(metrics.dice(tp, int(pred.sum()) - tp, int(gt.sum()) - tp))
 
 
 def variants(mask: np.ndarray, gt: np.ndarray, areas: list[int]) -> dict[str, float]:
@@ -66,10 +67,11 @@ def main() -> None:
             names = dataset.names
             predictor = Predictor.from_checkpoint(run, device="cpu")
         for i in range(0, len(names), 16):
-            chunk = [n for n in names[i : i + 16] if read_mask(pairs[n].mask).any()]
+            truth = {n: read_mask(pairs[n].mask) for n in names[i : i + 16]}
+            chunk = [n for n, gt in truth.items() if gt.any()]
             frames = [read_rgb(pairs[n].image) for n in chunk]
             for name, pred in zip(chunk, predictor.predict_batch(frames)):
-                gt = read_mask(pairs[name].mask)
+                gt = truth[name]
                 rows.append(
                     {"run": run, "name": name, "group": group_of[name], **variants(pred.mask, gt, areas)}
                 )
@@ -83,7 +85,7 @@ def main() -> None:
     )
     for key in [f"a{x}" for x in areas] + ["largest"]:
         v = np.array([r[key] for r in rows])
-        lo, hi = grouped_bootstrap_ci(v - raw, frames_groups)
+        lo, hi = metrics.grouped_bootstrap_ci(v - raw, frames_groups)
         result["variants"][key] = {"dice": float(v.mean()), "diff": float((v - raw).mean()), "ci95": [lo, hi]}
         label = (
             "raw mask"
