@@ -8,6 +8,7 @@ import os
 import sys
 
 from polypseg import __version__
+from polypseg.detection import DEFAULT_MIN_AREA
 from polypseg.errors import PolypsegError
 
 
@@ -74,7 +75,10 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tta", action="store_true", help="average with flipped inputs")
     p.add_argument(
-        "--min-area", type=int, default=50, help="smallest predicted component counted as a polyp (px)"
+        "--min-area",
+        default=DEFAULT_MIN_AREA,
+        help="smallest predicted component counted as a polyp: a share of the frame (default "
+        f"{DEFAULT_MIN_AREA.replace('%', '%%')}: 56 px at 384x288, 1037 px at 1920x1080) or pixels (50)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, default=8)

@@ -209,7 +209,7 @@ def evaluate(
     threshold: float | None = None,
     prune: int | None = None,
     tta: bool = False,
-    min_area: int = 50,
+    min_area: int | str = detection.DEFAULT_MIN_AREA,
     device: str = "auto",
     batch_size: int = 8,
     overwrite: bool = False,
@@ -266,7 +266,7 @@ def evaluate(
             q = np.clip(np.round(prob * 255), 0, 255).astype(np.int64)
             pooled_pos += np.bincount(q[gt], minlength=256)
             pooled_neg += np.bincount(q[~gt], minlength=256)
-            counts = detection.match(pred.mask, gt, min_area)
+            counts = detection.match(pred.mask, gt, detection.min_area_px(min_area, *gt.shape))
             det_counts.append(counts)
             row = {
                 "name": pair.name,

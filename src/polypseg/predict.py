@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from polypseg import atomic
 from polypseg.checkpoint import build_model, describe, load_checkpoint
-from polypseg.detection import components
+from polypseg.detection import DEFAULT_MIN_AREA, components, min_area_px, parse_min_area
 from polypseg.devices import device_name, pick_device, use_bf16
 from polypseg.errors import PolypsegError
 from polypseg.imageio import VIDEO_EXTENSIONS, read_rgb, resize_to, sniff_image, to_rgb_uint8, write_png
@@ -100,7 +100,7 @@ class Predictor:
         device: torch.device,
         threshold: float | None = None,
         tta: bool = False,
-        min_area: int = 50,
+        min_area: int | str = DEFAULT_MIN_AREA,
         onnx_session=None,
     ):
         self.net = net
@@ -130,15 +130,14 @@ class Predictor:
         prune: int | None = None,
         threshold: float | None = None,
         tta: bool = False,
-        min_area: int = 50,
+        min_area: int | str = DEFAULT_MIN_AREA,
     ) -> Predictor:
         """`path`: a .pt, .safetensors or .onnx file, or "full"/"fast" (None: the bundled full model).
         `prune`: None = the deepest head alone, 0 = the mean of the heads, 1..depth = that head's
         sub-network (an ONNX model is fixed to the head it was exported with)."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise PolypsegError(f"threshold must be in 0..1 (a probability), got {threshold}")
-        if min_area < 0:
-            raise PolypsegError(f"min_area must be >= 0 pixels, got {min_area}")
+        parse_min_area(min_area)  # pixels or a share of the frame; a bad value is named here
         path = resolve_checkpoint(path)
         if path.suffix == ".onnx":
             from polypseg.export import load_onnx
@@ -194,7 +193,7 @@ class Predictor:
             else cv2.resize(prob_net, (width, height), interpolation=cv2.INTER_LINEAR)
         )
         mask = prob > self.threshold
-        labels, comps = components(mask, self.min_area)
+        labels, comps = components(mask, min_area_px(self.min_area, height, width))
         # One pass for every component's peak probability (its score).
         peaks = ndimage.maximum(prob, labels, [c.label for c in comps]) if comps else []
         polyps = [
@@ -369,7 +368,7 @@ def predict_paths(
     tta: bool = False,
     prune: int | None = None,
     batch_size: int = 8,
-    min_area: int = 50,
+    min_area: int | str = DEFAULT_MIN_AREA,
     device: str = "auto",
     overwrite: bool = False,
 ) -> bool:
