@@ -13,7 +13,8 @@ from tests.conftest import cli
 
 from polypseg import Predictor
 from polypseg.evaluate import evaluate
-from polypseg.imageio import read_rgb
+from polypseg.imageio import read_mask, read_rgb
+from polypseg.predict import Prediction, _Writes, overlay, predict_video
 
 SCHEMA = {
     "type": "object",
@@ -107,12 +108,17 @@ def test_api_matches_cli_and_evaluation(tiny_run, frames, cvc_subset, tmp_path):
     assert ev["frames"] == 40
 
 
-def test_predict_video(tiny_run, cvc, tmp_path):
-    video = tmp_path / "clip.avi"
-    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (384, 288))
-    for n in range(1, 13):
+def _clip(cvc, path, frames: int = 12):
+    """An MJPG video of CVC-ClinicDB's first frames."""
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (384, 288))
+    for n in range(1, frames + 1):
         w.write(cv2.imread(str(cvc / "PNG" / "Original" / f"{n}.png")))
     w.release()
+    return path
+
+
+def test_predict_video(tiny_run, cvc, tmp_path):
+    video = _clip(cvc, tmp_path / "clip.avi")
     out = tmp_path / "vid"
     assert (
         cli("predict", tiny_run / "best.pt", video, "--out", out, "--device", "cpu", "--batch-size", "5") == 0
@@ -129,6 +135,53 @@ def test_predict_video(tiny_run, cvc, tmp_path):
     s = json.loads((out / "clip_summary.json").read_text())
     assert s["frames"] == 12 and s["frames_with_polyp"] == sum(bool(x["polyps"]) for x in lines)
     assert sum(e["frames"] for e in s["episodes"]) == s["frames_with_polyp"]
+
+
+def test_interrupted_video_leaves_no_partial_files(tiny_run, cvc, tmp_path):
+    p = Predictor.from_checkpoint(tiny_run / "best.pt", device="cpu")
+    real, calls = p.predict_batch, []
+
+    def interrupted_on_the_second_batch(frames, files=None):
+        calls.append(len(frames))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(frames, files)
+
+    p.predict_batch = interrupted_on_the_second_batch
+    out = tmp_path / "vid"
+    out.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        predict_video(p, _clip(cvc, tmp_path / "clip.avi"), out, "clip", batch_size=5)
+    assert calls == [5, 5] and list(out.iterdir()) == []  # the first batch's overlays and lines are gone
+
+
+def test_background_writes_keep_order_and_raise_the_first_error():
+    done = []
+    with _Writes(ahead=2) as writes:
+        for i in range(20):
+            writes.submit(done.append, i)
+    assert done == list(range(20))
+
+    def fail(i):
+        raise OSError(f"disk full at {i}")
+
+    with pytest.raises(OSError, match="disk full at 0"), _Writes(ahead=2) as writes:
+        for i in range(5):
+            writes.submit(fail, i)
+
+
+def test_overlay_tints_the_mask_and_leaves_the_rest(cvc):
+    rgb = read_rgb(cvc / "PNG" / "Original" / "5.png")
+    mask = read_mask(cvc / "PNG" / "Ground Truth" / "5.png")
+    pred = Prediction(384, 288, 0.5, 1.0, [], mask.astype(np.float32), mask)
+    out = overlay(rgb, pred).astype(int)
+    kernel = np.ones((9, 9), np.uint8)  # keep clear of the drawn contour
+    inside = cv2.erode(mask.astype(np.uint8), kernel) > 0
+    outside = cv2.dilate(mask.astype(np.uint8), kernel) == 0
+    assert inside.sum() > 1000 and outside.sum() > 1000
+    tint = 0.6 * rgb.astype(float) + 0.4 * np.array([0, 255, 0])
+    assert np.abs(out[inside] - tint[inside]).max() <= 1
+    np.testing.assert_array_equal(out[outside], rgb[outside])
 
 
 def test_unopenable_video_is_one_line_error(tiny_run, tmp_path, capsys):

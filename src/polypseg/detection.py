@@ -53,16 +53,41 @@ class Component:
 
 
 def components(mask: np.ndarray, min_area: int = 0) -> tuple[np.ndarray, list[Component]]:
-    """8-connected components of a bool mask with area >= min_area; returns (labels, components)."""
-    import cv2  # here, not at the top: the CLI reads DEFAULT_MIN_AREA from this module at start-up
+    """8-connected components of a bool mask with area >= min_area; returns (labels, components).
 
-    n, labels, stats, cents = cv2.connectedComponentsWithStats(mask.astype("uint8"), connectivity=8)
+    Labelled within the box around the mask's pixels, not over the whole frame: the same labels and
+    components, 2.3 instead of 10.7 ms on a 1920x1080 frame with a polyp (NOTES 42)."""
+    import cv2  # here, not at the top: the CLI reads DEFAULT_MIN_AREA from this module at start-up
+    import numpy as np
+
+    labels = np.zeros(mask.shape, np.int32)
+    rows = np.flatnonzero(mask.any(1))
+    if rows.size == 0:
+        return labels, []
+    cols = np.flatnonzero(mask.any(0))
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    n, box_labels, stats, cents = cv2.connectedComponentsWithStats(
+        mask[y0:y1, x0:x1].astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
+    labels[y0:y1, x0:x1] = box_labels
     out = []
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
         if area >= min_area:
-            out.append(Component((x, y, x + w, y + h), area, (float(cents[i][0]), float(cents[i][1])), i))
+            box = (x0 + x, y0 + y, x0 + x + w, y0 + y + h)
+            out.append(Component(box, area, (x0 + float(cents[i][0]), y0 + float(cents[i][1])), i))
     return labels, out
+
+
+def peaks(prob: np.ndarray, labels: np.ndarray, comps: list[Component]) -> list[float]:
+    """The highest probability inside each component, read within the component's own box: scipy's
+    `ndimage.maximum(prob, labels, index)` sorts the whole frame to do this (136 ms of a 1920x1080
+    frame's 236 ms in `predict`, NOTES 42)."""
+    out = []
+    for c in comps:
+        x0, y0, x1, y1 = c.box_xyxy
+        out.append(float(prob[y0:y1, x0:x1][labels[y0:y1, x0:x1] == c.label].max()))
+    return out
 
 
 @dataclass

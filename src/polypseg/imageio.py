@@ -80,8 +80,10 @@ def to_rgb_uint8(img: np.ndarray, bgr: bool = False) -> np.ndarray:
         raise PolypsegError(f"unsupported image shape {img.shape}")
     if img.shape[2] == 1:
         return np.ascontiguousarray(np.repeat(img, 3, axis=2))
-    img = img[:, :, :3]
-    return np.ascontiguousarray(img[:, :, ::-1] if bgr else img)
+    # cv2.cvtColor, not a reversed-axis copy: 0.35 against 8 ms at 1920x1080 (NOTES 42)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if bgr else np.ascontiguousarray(img)
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -119,12 +121,21 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
 
 
+def rgb_to_bgr(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB uint8 -> a new contiguous BGR array, as OpenCV's writers take it."""
+    return cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """An RGB or grey uint8 array as PNG bytes."""
+    ok, buf = cv2.imencode(".png", rgb_to_bgr(img) if img.ndim == 3 else img)
+    if not ok:
+        raise PolypsegError(f"cannot encode a {img.shape} {img.dtype} array as PNG")
+    return buf.tobytes()
+
+
 def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
     """Write an RGB or grey uint8 array as PNG, atomically."""
-    path = Path(path)
-    arr = img[:, :, ::-1] if img.ndim == 3 else img
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
-    if not ok:
-        raise PolypsegError(f"cannot encode {path}")
-    with atomic.replacing(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
+    data = encode_png(img)
+    with atomic.replacing(Path(path)) as tmp:
+        tmp.write_bytes(data)

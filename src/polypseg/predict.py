@@ -18,6 +18,8 @@ import json
 import os
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,14 +27,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from scipy import ndimage
 
 from polypseg import atomic
 from polypseg.checkpoint import build_model, describe, load_checkpoint
-from polypseg.detection import DEFAULT_MIN_AREA, components, min_area_px, parse_min_area
+from polypseg.detection import DEFAULT_MIN_AREA, components, min_area_px, parse_min_area, peaks
 from polypseg.devices import device_name, pick_device, use_bf16
 from polypseg.errors import PolypsegError
-from polypseg.imageio import VIDEO_EXTENSIONS, read_rgb, resize_to, sniff_image, to_rgb_uint8, write_png
+from polypseg.imageio import (
+    VIDEO_EXTENSIONS,
+    read_rgb,
+    resize_to,
+    rgb_to_bgr,
+    sniff_image,
+    to_rgb_uint8,
+    write_png,
+)
 from polypseg.models import head_name
 
 BUNDLED = {"full": "unetpp_cvc.safetensors", "fast": "unetpp_fast_cvc.safetensors"}
@@ -194,8 +203,6 @@ class Predictor:
         )
         mask = prob > self.threshold
         labels, comps = components(mask, min_area_px(self.min_area, height, width))
-        # One pass for every component's peak probability (its score).
-        peaks = ndimage.maximum(prob, labels, [c.label for c in comps]) if comps else []
         polyps = [
             {
                 "box_xyxy": list(c.box_xyxy),
@@ -203,7 +210,7 @@ class Predictor:
                 "score": round(float(peak), 4),
                 "centroid": [round(c.centroid[0], 1), round(c.centroid[1], 1)],
             }
-            for c, peak in zip(comps, peaks)
+            for c, peak in zip(comps, peaks(prob, labels, comps))
         ]
         polyps.sort(key=lambda p: -p["score"])
         return Prediction(
@@ -232,10 +239,14 @@ class Predictor:
 def overlay(rgb: np.ndarray, pred: Prediction) -> np.ndarray:
     """Translucent green fill, contour, and a box with its score per polyp."""
     out = rgb.copy()
-    if pred.mask.any():
-        green = np.zeros_like(out)
-        green[:] = (0, 255, 0)
-        out[pred.mask] = (0.6 * out[pred.mask] + 0.4 * green[pred.mask]).astype(np.uint8)
+    rows = np.flatnonzero(pred.mask.any(1))
+    if rows.size:
+        # Blend only inside the box around the mask (2.5 against 20 ms at 1920x1080, NOTES 42).
+        cols = np.flatnonzero(pred.mask.any(0))
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        crop = out[box]
+        tinted = cv2.addWeighted(crop, 0.6, np.full_like(crop, (0, 255, 0)), 0.4, 0)
+        np.copyto(crop, tinted, where=pred.mask[box][:, :, None])
         cnts, _ = cv2.findContours(pred.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, cnts, -1, (0, 255, 0), max(1, rgb.shape[1] // 300))
     thick = max(1, rgb.shape[1] // 250)
@@ -289,6 +300,37 @@ def _out_name(path: Path, used: set[str]) -> str:
     return name
 
 
+class _Writes:
+    """Output writes run in one worker thread, in order, while the caller goes on to the next batch: OpenCV
+    and PyTorch release the GIL, and a 1920x1080 overlay PNG costs about as much as the network (NOTES 42).
+    At most `ahead` writes wait, so memory stays bounded; leaving the block waits for them all and raises
+    the first error."""
+
+    def __init__(self, ahead: int):
+        self.ahead = ahead
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: deque = deque()
+
+    def submit(self, fn, *args) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.ahead:
+            self.pending.popleft().result()
+
+    def __enter__(self) -> _Writes:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        try:
+            while self.pending and exc_type is None:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_frame(writer, rgb: np.ndarray, pred: Prediction) -> None:
+    writer.write(rgb_to_bgr(overlay(rgb, pred)))
+
+
 def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: int) -> dict:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -302,37 +344,44 @@ def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: in
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="frame", desc=path.name, leave=False, file=sys.stderr, disable=None)
-    with open(lines_tmp, "w") as lines:
-        while True:
-            frames = []
-            for _ in range(batch_size):
-                ok, bgr = cap.read()
-                if not ok:
+    try:
+        with open(lines_tmp, "w") as lines, _Writes(ahead=batch_size) as writes:
+            while True:
+                frames = []
+                for _ in range(batch_size):
+                    ok, bgr = cap.read()
+                    if not ok:
+                        break
+                    frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                if not frames:
                     break
-                frames.append(bgr[:, :, ::-1])
-            if not frames:
-                break
-            for pred, rgb in zip(p.predict_batch(frames), frames):
-                rec = pred.to_json()
-                rec["file"] = str(path)
-                rec["frame"] = n
-                lines.write(json.dumps(rec) + "\n")
-                positives.append(bool(pred.polyps))
-                if writer is None:
-                    writer = cv2.VideoWriter(
-                        str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0])
-                    )
-                writer.write(np.ascontiguousarray(overlay(np.ascontiguousarray(rgb), pred)[:, :, ::-1]))
-                n += 1
-            bar.update(len(frames))
-    bar.close()
-    cap.release()
-    if writer is not None:
-        writer.release()
-        os.replace(tmp_video, out / f"{name}_overlay.mp4")
+                for pred, rgb in zip(p.predict_batch(frames), frames):
+                    rec = pred.to_json()
+                    rec["file"] = str(path)
+                    rec["frame"] = n
+                    lines.write(json.dumps(rec) + "\n")
+                    positives.append(bool(pred.polyps))
+                    if writer is None:
+                        writer = cv2.VideoWriter(
+                            str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0])
+                        )
+                    writes.submit(_write_frame, writer, rgb, pred)
+                    n += 1
+                bar.update(len(frames))
+        if n == 0:
+            raise PolypsegError(f"{path}: no frames could be read")
+    except BaseException:  # an unreadable video or an interrupt leaves no partial outputs behind
+        if writer is not None:
+            writer.release()
+        tmp_video.unlink(missing_ok=True)
+        lines_tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+        cap.release()
+    writer.release()
+    os.replace(tmp_video, out / f"{name}_overlay.mp4")
     os.replace(lines_tmp, out / f"{name}.jsonl")
-    if n == 0:
-        raise PolypsegError(f"{path}: no frames could be read")
     episodes, start = [], None
     for i, pos in enumerate(positives + [False]):
         if pos and start is None:
@@ -358,6 +407,35 @@ def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: in
     }
     atomic.write_json(out / f"{name}_summary.json", summary)
     return summary
+
+
+def _write_image_outputs(stem: Path, rgb: np.ndarray, pred: Prediction) -> None:
+    write_png(stem.with_name(stem.name + "_mask.png"), pred.mask.astype(np.uint8) * 255)
+    write_png(stem.with_name(stem.name + "_overlay.png"), overlay(rgb, pred))
+    atomic.write_json(stem.with_name(stem.name + ".json"), pred.to_json())
+
+
+def _predict_images(
+    p: Predictor, images: list[Path], out_dir: Path, used: set[str], batch_size: int, bar, problems: list[str]
+) -> int:
+    """Mask, overlay and JSON per image; returns how many were written. Unreadable files go to `problems`."""
+    done = 0
+    with _Writes(ahead=batch_size) as writes:
+        for i in range(0, len(images), batch_size):
+            batch, names = [], []
+            for f in images[i : i + batch_size]:
+                try:
+                    batch.append(read_rgb(f))
+                    names.append(f)
+                except PolypsegError as e:
+                    problems.append(str(e))
+            bar.update(len(images[i : i + batch_size]))
+            if not batch:
+                continue
+            for f, rgb, pred in zip(names, batch, p.predict_batch(batch, [str(n) for n in names])):
+                writes.submit(_write_image_outputs, out_dir / _out_name(f, used), rgb, pred)
+                done += 1
+    return done
 
 
 def predict_paths(
@@ -394,36 +472,15 @@ def predict_paths(
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
-    done = 0
     t0 = time.perf_counter()
-    frames_done = 0
-    from tqdm import tqdm
+    done = frames_done = 0
+    if images:
+        from tqdm import tqdm
 
-    bar = (
-        tqdm(total=len(images), unit="img", desc="predicting", leave=False, file=sys.stderr, disable=None)
-        if images
-        else None
-    )
-    for i in range(0, len(images), batch_size):
-        batch, names = [], []
-        for f in images[i : i + batch_size]:
-            try:
-                batch.append(read_rgb(f))
-                names.append(f)
-            except PolypsegError as e:
-                problems.append(str(e))
-        if bar:
-            bar.update(len(images[i : i + batch_size]))
-        if not batch:
-            continue
-        for f, rgb, pred in zip(names, batch, p.predict_batch(batch, [str(n) for n in names])):
-            name = _out_name(f, used)
-            write_png(out_dir / f"{name}_mask.png", pred.mask.astype(np.uint8) * 255)
-            write_png(out_dir / f"{name}_overlay.png", overlay(rgb, pred))
-            atomic.write_json(out_dir / f"{name}.json", pred.to_json())
-            done += 1
-            frames_done += 1
-    if bar:
+        bar = tqdm(
+            total=len(images), unit="img", desc="predicting", leave=False, file=sys.stderr, disable=None
+        )
+        done = frames_done = _predict_images(p, images, out_dir, used, batch_size, bar, problems)
         bar.close()
     for v in videos:
         try:

@@ -7,13 +7,13 @@ import html
 import io
 import math
 
-import cv2
 import numpy as np
+
+from polypseg.imageio import encode_png
 
 
 def _png_b64(rgb: np.ndarray) -> str:
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
-    return base64.b64encode(buf.tobytes()).decode()
+    return base64.b64encode(encode_png(rgb)).decode()
 
 
 def _fig_b64(fig) -> str:

@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polypseg.errors import PolypsegError
-from polypseg.imageio import to_rgb_uint8, truncation_of
+from polypseg.imageio import encode_png, to_rgb_uint8, truncation_of
 from polypseg.predict import Predictor, overlay
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
@@ -37,8 +37,7 @@ TIMEOUT_S = 60.0
 
 
 def _data_url(img: np.ndarray) -> str:
-    ok, buf = cv2.imencode(".png", img if img.ndim == 2 else np.ascontiguousarray(img[:, :, ::-1]))
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+    return "data:image/png;base64," + base64.b64encode(encode_png(img)).decode()
 
 
 def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
