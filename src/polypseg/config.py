@@ -81,10 +81,6 @@ class AugmentConfig:
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.03  # fraction of a full turn
-    # Probability per sample of a close-up (background_zoom x) where no polyp is in sight: CVC-ClinicDB has
-    # no frame without a polyp, so without it the model never sees mucosa, folds or debris alone (torch)
-    background: float = 0.0
-    background_zoom: float = 2.0
 
 
 @dataclass
@@ -278,14 +274,6 @@ def check(cfg: TrainConfig) -> None:
         ("model.width", cfg.model.width, cfg.model.width >= 1, ">= 1"),
         ("augment.flip", a.flip, 0 <= a.flip <= 1, "a probability (0..1)"),
         ("augment.scale", a.scale, 0 <= a.scale < 1, "in 0..1 (zoom 1 +- scale)"),
-        ("augment.background", a.background, 0 <= a.background <= 1, "a probability (0..1)"),
-        (
-            "augment.background",
-            a.background,
-            a.background == 0 or a.backend == "torch",
-            "0 with augment.backend=kornia (the torch backend draws the close-ups)",
-        ),
-        ("augment.background_zoom", a.background_zoom, a.background_zoom > 1, "> 1 (a close-up)"),
         *(
             (f"augment.{k}", getattr(a, k), getattr(a, k) >= 0, ">= 0")
             for k in ("rotate", "shift", "brightness", "contrast", "saturation", "hue")

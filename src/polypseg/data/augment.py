@@ -62,36 +62,9 @@ def geometry(img: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g: torch
         ],
         1,
     )
-    if cfg.background > 0:
-        theta = _background_views(theta, scale, mask, cfg, g)
     grid = F.affine_grid(theta.to(img.dtype), [b, 4, h, w], align_corners=False)
     both = F.grid_sample(torch.cat([img, mask.to(img.dtype)], 1), grid, mode="bilinear", align_corners=False)
     return both[:, :3], (both[:, 3:] > 0.5).to(img.dtype)
-
-
-def _background_views(
-    theta: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g: torch.Generator
-) -> torch.Tensor:
-    """Turn a share `cfg.background` of the warps into close-ups (`cfg.background_zoom` x) centred where no
-    polyp is in view, keeping each sample's flips and rotation. Sixteen candidate centres per sample are
-    probed at the view's corners, edge midpoints and centre on the mask widened by an eighth of the
-    frame; a sample with no clear candidate keeps its ordinary warp. The mask follows the same warp, so a
-    polyp the probes missed is still labelled."""
-    b, dev = theta.shape[0], theta.device
-    pick = torch.rand(b, generator=g, device=dev) < cfg.background
-    half = 1.0 / cfg.background_zoom  # the view's half-size in normalised units (the frame spans -1..1)
-    centres = (torch.rand(b, 16, 2, generator=g, device=dev) * 2 - 1) * (1 - half)  # views stay inside
-    steps = torch.tensor([-1.0, 0.0, 1.0], device=dev) * half
-    probe = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), -1).reshape(1, 1, 9, 2)
-    k = max(3, mask.shape[-2] // 8) | 1
-    near = F.max_pool2d(mask.float(), k, stride=1, padding=k // 2)
-    seen = F.grid_sample(near, (centres[:, :, None] + probe).to(near.dtype), align_corners=False)
-    clear = seen.amax(-1)[:, 0] == 0  # (b, 16): no polyp at any probe
-    use = pick & clear.any(1)
-    centre = centres[torch.arange(b, device=dev), clear.float().argmax(1)]
-    linear = theta[:, :, :2] * torch.where(use, scale / cfg.background_zoom, 1.0).view(b, 1, 1)
-    shift = torch.where(use.view(b, 1), centre.to(theta.dtype), theta[:, :, 2])
-    return torch.cat([linear, shift[:, :, None]], 2)
 
 
 def colour(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
