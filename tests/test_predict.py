@@ -14,7 +14,7 @@ from tests.conftest import cli
 from polypseg import Predictor
 from polypseg.evaluate import evaluate
 from polypseg.imageio import read_mask, read_rgb
-from polypseg.predict import Prediction, _Writes, overlay, predict_video
+from polypseg.predict import Prediction, overlay, predict_video
 
 SCHEMA = {
     "type": "object",
@@ -153,21 +153,6 @@ def test_interrupted_video_leaves_no_partial_files(tiny_run, cvc, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         predict_video(p, _clip(cvc, tmp_path / "clip.avi"), out, "clip", batch_size=5)
     assert calls == [5, 5] and list(out.iterdir()) == []  # the first batch's overlays and lines are gone
-
-
-def test_background_writes_keep_order_and_raise_the_first_error():
-    done = []
-    with _Writes(ahead=2) as writes:
-        for i in range(20):
-            writes.submit(done.append, i)
-    assert done == list(range(20))
-
-    def fail(i):
-        raise OSError(f"disk full at {i}")
-
-    with pytest.raises(OSError, match="disk full at 0"), _Writes(ahead=2) as writes:
-        for i in range(5):
-            writes.submit(fail, i)
 
 
 def test_overlay_tints_the_mask_and_leaves_the_rest(cvc):

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -29,8 +30,9 @@ from polypseg.data.splits import Split, load_groups
 from polypseg.data.validate import validate
 from polypseg.errors import PolypsegError
 from polypseg.imageio import read_mask, read_rgb
+from polypseg.inorder import InOrder
 from polypseg.metrics import grouped_bootstrap_ci, threshold_sweep
-from polypseg.predict import Predictor, resolve_checkpoint
+from polypseg.predict import Predictor, overlay, resolve_checkpoint
 
 SEG_KEYS = [
     "dice",
@@ -206,6 +208,50 @@ def per_group(
     return out
 
 
+@dataclass
+class _Frame:
+    row: dict
+    sweep: dict | None  # the threshold sweep of a frame with a polyp
+    counts: detection.DetectionCounts
+    pos_hist: np.ndarray  # 256-bin histograms of the quantised probability on polyp / other pixels
+    neg_hist: np.ndarray
+    thumbs: tuple
+
+
+def _score_frame(pair, group, rgb: np.ndarray, pred, thr: float, min_area) -> _Frame:
+    """Every per-frame result of one predicted frame against its mask (runs on a worker thread)."""
+    gt = read_mask(pair.mask)
+    prob = pred.probability
+    q = np.clip(np.round(prob * 255), 0, 255).astype(np.int64)
+    counts = detection.match(pred.mask, gt, detection.min_area_px(min_area, *gt.shape))
+    row = {
+        "name": pair.name,
+        "group": group,
+        "file": str(pair.image),
+        "width": rgb.shape[1],
+        "height": rgb.shape[0],
+        "negative": not gt.any(),
+        "polyp_present_score": pred.polyp_present_score,
+        "det_tp": counts.tp,
+        "det_fp": counts.fp,
+        "det_fn": counts.fn,
+    }
+    sweep = None
+    if gt.any():
+        m, sweep = frame_metrics(prob, gt, thr)
+        row.update(m)
+    else:
+        row["fp_pixels"] = int(pred.mask.sum())
+    thumbs = (
+        _thumb(rgb),
+        _thumb(np.repeat(gt[:, :, None].astype(np.uint8) * 255, 3, 2)),
+        _thumb(overlay(rgb, pred)),
+    )
+    return _Frame(
+        row, sweep, counts, np.bincount(q[gt], minlength=256), np.bincount(q[~gt], minlength=256), thumbs
+    )
+
+
 def evaluate(
     checkpoint: str | None = None,
     data=None,
@@ -230,8 +276,6 @@ def evaluate(
     the checkpoint was trained with, if it names every frame). With sequences known, the metrics are
     also given by sequence and the confidence intervals resample whole sequences.
     """
-    from polypseg.predict import overlay
-
     ckpt_path = resolve_checkpoint(checkpoint)
     out_dir = atomic.claim_output_dir(out, overwrite, "pass --overwrite to replace its contents")
     predictor = Predictor.from_checkpoint(
@@ -253,8 +297,18 @@ def evaluate(
     rows, sweeps, det_counts, thumbs = [], [], [], []
     pooled_pos = np.zeros(256, np.int64)
     pooled_neg = np.zeros(256, np.int64)
+
+    def collect(frame: _Frame) -> None:
+        nonlocal pooled_pos, pooled_neg
+        rows.append(frame.row)
+        det_counts.append(frame.counts)
+        thumbs.append(frame.thumbs)
+        if frame.sweep is not None:
+            sweeps.append(frame.sweep)
+        pooled_pos += frame.pos_hist
+        pooled_neg += frame.neg_hist
+
     resized = 0
-    it = range(0, len(chosen), batch_size)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -262,47 +316,19 @@ def evaluate(
         bar = tqdm(
             total=len(chosen), unit="img", desc="evaluating", leave=False, file=sys.stderr, disable=None
         )
-    for i in it:
-        group = chosen[i : i + batch_size]
-        frames = [read_rgb(p.image) for p in group]
-        preds = predictor.predict_batch(frames, [str(p.image) for p in group])
-        for pair, rgb, pred in zip(group, frames, preds):
-            gt = read_mask(pair.mask)
-            prob = pred.probability
-            resized += rgb.shape[:2] != (predictor.height, predictor.width)
-            q = np.clip(np.round(prob * 255), 0, 255).astype(np.int64)
-            pooled_pos += np.bincount(q[gt], minlength=256)
-            pooled_neg += np.bincount(q[~gt], minlength=256)
-            counts = detection.match(pred.mask, gt, detection.min_area_px(min_area, *gt.shape))
-            det_counts.append(counts)
-            row = {
-                "name": pair.name,
-                "group": group_of[pair.name],
-                "file": str(pair.image),
-                "width": rgb.shape[1],
-                "height": rgb.shape[0],
-                "negative": not gt.any(),
-                "polyp_present_score": pred.polyp_present_score,
-                "det_tp": counts.tp,
-                "det_fp": counts.fp,
-                "det_fn": counts.fn,
-            }
-            if gt.any():
-                m, sweep = frame_metrics(prob, gt, thr)
-                row.update(m)
-                sweeps.append(sweep)
-            else:
-                row["fp_pixels"] = int(pred.mask.sum())
-            rows.append(row)
-            thumbs.append(
-                (
-                    _thumb(rgb),
-                    _thumb(np.repeat(gt[:, :, None].astype(np.uint8) * 255, 3, 2)),
-                    _thumb(overlay(rgb, pred)),
-                )
-            )
-        if bar:
-            bar.update(len(group))
+    # Each frame's metrics run on worker threads while the network predicts the next batch (NOTES 45);
+    # results are collected in the frames' order, so every output is the same as one frame at a time.
+    workers = min(8, os.cpu_count() or 1)
+    with InOrder(workers=workers, ahead=workers + batch_size, done=collect) as scoring:
+        for i in range(0, len(chosen), batch_size):
+            group = chosen[i : i + batch_size]
+            frames = [read_rgb(p.image) for p in group]
+            preds = predictor.predict_batch(frames, [str(p.image) for p in group])
+            for pair, rgb, pred in zip(group, frames, preds):
+                resized += rgb.shape[:2] != (predictor.height, predictor.width)
+                scoring.submit(_score_frame, pair, group_of[pair.name], rgb, pred, thr, min_area)
+            if bar:
+                bar.update(len(group))
     if bar:
         bar.close()
 

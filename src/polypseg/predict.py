@@ -18,8 +18,6 @@ import json
 import os
 import sys
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -42,6 +40,7 @@ from polypseg.imageio import (
     to_rgb_uint8,
     write_png,
 )
+from polypseg.inorder import InOrder
 from polypseg.models import head_name
 
 BUNDLED = {"full": "unetpp_cvc.safetensors", "fast": "unetpp_fast_cvc.safetensors"}
@@ -300,33 +299,6 @@ def _out_name(path: Path, used: set[str]) -> str:
     return name
 
 
-class _Writes:
-    """Output writes run in one worker thread, in order, while the caller goes on to the next batch: OpenCV
-    and PyTorch release the GIL, and a 1920x1080 overlay PNG costs about as much as the network (NOTES 42).
-    At most `ahead` writes wait, so memory stays bounded; leaving the block waits for them all and raises
-    the first error."""
-
-    def __init__(self, ahead: int):
-        self.ahead = ahead
-        self.pool = ThreadPoolExecutor(max_workers=1)
-        self.pending: deque = deque()
-
-    def submit(self, fn, *args) -> None:
-        self.pending.append(self.pool.submit(fn, *args))
-        while len(self.pending) > self.ahead:
-            self.pending.popleft().result()
-
-    def __enter__(self) -> _Writes:
-        return self
-
-    def __exit__(self, exc_type, *_) -> None:
-        try:
-            while self.pending and exc_type is None:
-                self.pending.popleft().result()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _write_frame(writer, rgb: np.ndarray, pred: Prediction) -> None:
     writer.write(rgb_to_bgr(overlay(rgb, pred)))
 
@@ -345,7 +317,7 @@ def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: in
 
     bar = tqdm(total=total, unit="frame", desc=path.name, leave=False, file=sys.stderr, disable=None)
     try:
-        with open(lines_tmp, "w") as lines, _Writes(ahead=batch_size) as writes:
+        with open(lines_tmp, "w") as lines, InOrder(workers=1, ahead=batch_size) as writes:
             while True:
                 frames = []
                 for _ in range(batch_size):
@@ -420,7 +392,7 @@ def _predict_images(
 ) -> int:
     """Mask, overlay and JSON per image; returns how many were written. Unreadable files go to `problems`."""
     done = 0
-    with _Writes(ahead=batch_size) as writes:
+    with InOrder(workers=1, ahead=batch_size) as writes:
         for i in range(0, len(images), batch_size):
             batch, names = [], []
             for f in images[i : i + batch_size]:
