@@ -297,18 +297,6 @@ def evaluate(
     rows, sweeps, det_counts, thumbs = [], [], [], []
     pooled_pos = np.zeros(256, np.int64)
     pooled_neg = np.zeros(256, np.int64)
-
-    def collect(frame: _Frame) -> None:
-        nonlocal pooled_pos, pooled_neg
-        rows.append(frame.row)
-        det_counts.append(frame.counts)
-        thumbs.append(frame.thumbs)
-        if frame.sweep is not None:
-            sweeps.append(frame.sweep)
-        pooled_pos += frame.pos_hist
-        pooled_neg += frame.neg_hist
-
-    resized = 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -316,6 +304,19 @@ def evaluate(
         bar = tqdm(
             total=len(chosen), unit="img", desc="evaluating", leave=False, file=sys.stderr, disable=None
         )
+
+    def collect(frame: _Frame) -> None:  # in the frames' order, on this thread
+        rows.append(frame.row)
+        det_counts.append(frame.counts)
+        thumbs.append(frame.thumbs)
+        if frame.sweep is not None:
+            sweeps.append(frame.sweep)
+        pooled_pos[:] += frame.pos_hist
+        pooled_neg[:] += frame.neg_hist
+        if bar:
+            bar.update(1)  # a frame counts once it is scored
+
+    resized = 0
     # Each frame's metrics run on worker threads while the network predicts the next batch (NOTES 45);
     # results are collected in the frames' order, so every output is the same as one frame at a time.
     workers = min(8, os.cpu_count() or 1)
@@ -327,8 +328,6 @@ def evaluate(
             for pair, rgb, pred in zip(group, frames, preds):
                 resized += rgb.shape[:2] != (predictor.height, predictor.width)
                 scoring.submit(_score_frame, pair, group_of[pair.name], rgb, pred, thr, min_area)
-            if bar:
-                bar.update(len(group))
     if bar:
         bar.close()
 
