@@ -134,3 +134,21 @@ def test_safetensors_export_of_last_pt_is_the_model_alone(tiny_run, cvc, tmp_pat
     a = Predictor.from_checkpoint(tiny_run / "last.pt", device="cpu").predict(rgb)
     b = Predictor.from_checkpoint(out, device="cpu").predict(rgb)
     assert np.abs(a.probability - b.probability).max() < 1e-2  # fp16 weights
+
+
+def test_export_without_data_checks_parity_on_random_frames(tiny_run, tmp_path, monkeypatch, capsys):
+    """A machine with a checkpoint and no dataset can still export; missing data that was asked for, or
+    int8 calibration without frames, fails before any file is written."""
+    monkeypatch.setenv("POLYPSEG_DATA", str(tmp_path / "no_data_here"))
+    out = tmp_path / "m.onnx"
+    assert cli("export", tiny_run / "best.pt", "--out", out) == 0
+    assert "parity on 4 synthetic frames (no data found" in capsys.readouterr().out and out.is_file()
+    for args, msg in (
+        (["--data", str(tmp_path / "missing")], "data folder not found"),
+        (["--quantize", "int8"], "data folder not found"),
+    ):
+        bad = tmp_path / "bad.onnx"
+        assert cli("export", tiny_run / "best.pt", "--out", bad, *args) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1
+        assert not bad.exists() and not list(tmp_path.glob("bad*"))

@@ -215,7 +215,11 @@ def _parser() -> argparse.ArgumentParser:
         "--prune", type=int, help="head 1..4 (1..depth; default: the deepest); 0 = the mean of the heads"
     )
     ex.add_argument("--dynamic-batch", action="store_true")
-    ex.add_argument("--data", help="frames for the parity check (default: the default dataset)")
+    ex.add_argument(
+        "--data",
+        help="real frames for the parity check and int8 calibration (default: the default dataset; "
+        "without one, the parity check uses seeded random frames and int8 is refused)",
+    )
     ex.add_argument("--quantize", choices=["none", "int8"], default="none", help="also write an int8 model")
 
     be = sub.add_parser(

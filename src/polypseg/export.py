@@ -44,6 +44,21 @@ def _sample_frames(data, height: int, width: int, n: int = 4) -> np.ndarray:
     return np.stack(frames).transpose(0, 3, 1, 2).copy()
 
 
+def _parity_frames(data, height: int, width: int) -> tuple[np.ndarray, str]:
+    """Frames for the parity check, gathered before anything is written: real ones from `data` (or the
+    default dataset); with no `data` and no default dataset installed, four seeded random frames, so that
+    a checkpoint exports on a machine without data. Returns (frames, "real" | "synthetic")."""
+    from polypseg.data.layouts import resolve_data
+
+    if data is None:
+        try:
+            resolve_data(None)
+        except PolypsegError:
+            rng = np.random.default_rng(0)
+            return rng.integers(0, 256, (4, 3, height, width), dtype=np.uint8), "synthetic"
+    return _sample_frames(data, height, width), "real"
+
+
 def export_module(wrapper: nn.Module, path: Path, h: int, w: int, dynamic_batch: bool = False) -> None:
     """torch.onnx.export of a ProbabilityModel with a uint8 (B, 3, h, w) input."""
     kwargs = dict(input_names=["image"], output_names=["probability"], opset_version=OPSET)
@@ -99,6 +114,9 @@ def export_onnx(
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     model = build_model(ckpt, prune)
     h, w = ckpt["input"]["height"], ckpt["input"]["width"]
+    # Every frame the checks need is read first: missing data fails before a file is written.
+    frames, kind = _parity_frames(data, h, w) if verify else (None, "")
+    calibration = _sample_frames(data, h, w, n=16) if quantize == "int8" else None
     wrapper = ProbabilityModel(model).eval()
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,20 +135,22 @@ def export_onnx(
         onnx.save(m, str(tmp))
     report = {"onnx": str(out_path), "input_size": [h, w], "prune": desc["prune"]}
     if verify:
-        frames = _sample_frames(data, h, w)
         session, _ = load_onnx(out_path)
         with torch.no_grad():
             ref = wrapper(torch.from_numpy(frames)).numpy()
         got = np.concatenate([session.run(None, {"image": frames[i : i + 1]})[0] for i in range(len(frames))])
         diff = float(np.abs(ref - got).max())
-        report.update(parity_frames=len(frames), max_abs_diff=diff)
+        report.update(parity_frames=len(frames), parity_on=kind, max_abs_diff=diff)
         if not quiet:
-            print(f"parity on {len(frames)} real frames: max |p_onnx - p_torch| = {diff:.2e} (limit 1e-3)")
+            note = " (no data found; --data checks real frames)" if kind == "synthetic" else ""
+            print(
+                f"parity on {len(frames)} {kind} frames{note}: max |p_onnx - p_torch| = {diff:.2e} (limit 1e-3)"
+            )
         if diff > 1e-3:
             out_path.unlink()
             raise PolypsegError(f"ONNX output differs from PyTorch by {diff:.2e} > 1e-3; export removed")
     if quantize == "int8":
-        report["int8"] = quantize_int8(out_path, data, h, w)
+        report["int8"] = quantize_int8(out_path, calibration)
         if not quiet:
             print(f"int8 model: {report['int8']}")
     if not quiet:
@@ -138,11 +158,9 @@ def export_onnx(
     return report
 
 
-def quantize_int8(fp32_path: Path, data, h: int, w: int) -> str:
-    """Static QDQ int8 quantisation calibrated on real frames (onnxruntime.quantization)."""
+def quantize_int8(fp32_path: Path, frames: np.ndarray) -> str:
+    """Static QDQ int8 quantisation calibrated on real (N, 3, H, W) uint8 frames (onnxruntime.quantization)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    frames = _sample_frames(data, h, w, n=16)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
