@@ -390,7 +390,8 @@ def _write_image_outputs(stem: Path, rgb: np.ndarray, pred: Prediction) -> None:
 def _predict_images(
     p: Predictor, images: list[Path], out_dir: Path, used: set[str], batch_size: int, bar, problems: list[str]
 ) -> int:
-    """Mask, overlay and JSON per image; returns how many were written. Unreadable files go to `problems`."""
+    """Mask, overlay and JSON per image; returns how many were written. Unreadable files go to `problems`.
+    The outputs are written by a second thread while the network runs on the next batch (NOTES 42)."""
     done = 0
     with InOrder(workers=1, ahead=batch_size) as writes:
         for i in range(0, len(images), batch_size):
