@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from scipy import ndimage, stats
 
 from polypseg import atomic, detection
@@ -319,7 +320,8 @@ def evaluate(
     resized = 0
     # Each frame's metrics run on worker threads while the network predicts the next batch (NOTES 45);
     # results are collected in the frames' order, so every output is the same as one frame at a time.
-    workers = min(8, os.cpu_count() or 1)
+    # As many as PyTorch's threads (the CPU share this process was given, e.g. by `cv --jobs`), at most 8.
+    workers = min(8, torch.get_num_threads())
     with InOrder(workers=workers, ahead=workers + batch_size, done=collect) as scoring:
         for i in range(0, len(chosen), batch_size):
             group = chosen[i : i + batch_size]
