@@ -52,6 +52,21 @@ class Component:
     label: int  # label in the component image
 
 
+def mask_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice] | None:
+    """The (rows, cols) slices of the box around a bool mask's pixels, widened by `margin` within the frame;
+    None for an empty mask. Work on a polyp's pixels is done inside it rather than over the whole frame."""
+    import numpy as np
+
+    rows = np.flatnonzero(mask.any(1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(0))
+    return (
+        slice(max(int(rows[0]) - margin, 0), int(rows[-1]) + 1 + margin),
+        slice(max(int(cols[0]) - margin, 0), int(cols[-1]) + 1 + margin),
+    )
+
+
 def components(mask: np.ndarray, min_area: int = 0) -> tuple[np.ndarray, list[Component]]:
     """8-connected components of a bool mask with area >= min_area; returns (labels, components).
 
@@ -62,15 +77,14 @@ def components(mask: np.ndarray, min_area: int = 0) -> tuple[np.ndarray, list[Co
     import numpy as np
 
     labels = np.zeros(mask.shape, np.int32)
-    rows = np.flatnonzero(mask.any(1))
-    if rows.size == 0:
+    box = mask_box(mask)
+    if box is None:
         return labels, []
-    cols = np.flatnonzero(mask.any(0))
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    y0, x0 = box[0].start, box[1].start
     n, box_labels, stats, cents = cv2.connectedComponentsWithStats(
-        mask[y0:y1, x0:x1].astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
+        mask[box].astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
     )
-    labels[y0:y1, x0:x1] = box_labels
+    labels[box] = box_labels
     out = []
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])

@@ -59,9 +59,7 @@ def hd95(pred: np.ndarray, gt: np.ndarray) -> float:
     # Both boundaries lie in the box around the two masks: the distances computed inside it (one pixel
     # of margin keeps the erosion's edge where the frame has one) are the whole frame's, at a fraction
     # of the cost on a 1920x1080 frame with a small polyp.
-    both = pred | gt
-    rows, cols = np.flatnonzero(both.any(1)), np.flatnonzero(both.any(0))
-    box = np.s_[max(rows[0] - 1, 0) : rows[-1] + 2, max(cols[0] - 1, 0) : cols[-1] + 2]
+    box = detection.mask_box(pred | gt, margin=1)
     pred, gt = pred[box], gt[box]
     pb = pred ^ ndimage.binary_erosion(pred)
     gb = gt ^ ndimage.binary_erosion(gt)

@@ -28,7 +28,7 @@ import torch
 
 from polypseg import atomic
 from polypseg.checkpoint import build_model, describe, load_checkpoint
-from polypseg.detection import DEFAULT_MIN_AREA, components, min_area_px, parse_min_area, peaks
+from polypseg.detection import DEFAULT_MIN_AREA, components, mask_box, min_area_px, parse_min_area, peaks
 from polypseg.devices import device_name, pick_device, use_bf16
 from polypseg.errors import PolypsegError
 from polypseg.imageio import (
@@ -238,11 +238,9 @@ class Predictor:
 def overlay(rgb: np.ndarray, pred: Prediction) -> np.ndarray:
     """Translucent green fill, contour, and a box with its score per polyp."""
     out = rgb.copy()
-    rows = np.flatnonzero(pred.mask.any(1))
-    if rows.size:
+    box = mask_box(pred.mask)
+    if box is not None:
         # Blend only inside the box around the mask (2.5 against 20 ms at 1920x1080, NOTES 42).
-        cols = np.flatnonzero(pred.mask.any(0))
-        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         crop = out[box]
         tinted = cv2.addWeighted(crop, 0.6, np.full_like(crop, (0, 255, 0)), 0.4, 0)
         np.copyto(crop, tinted, where=pred.mask[box][:, :, None])
