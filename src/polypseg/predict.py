@@ -389,9 +389,11 @@ def _predict_images(
     p: Predictor, images: list[Path], out_dir: Path, used: set[str], batch_size: int, bar, problems: list[str]
 ) -> int:
     """Mask, overlay and JSON per image; returns how many were written. Unreadable files go to `problems`.
-    The outputs are written by a second thread while the network runs on the next batch (NOTES 42)."""
+    The outputs are written by other threads while the network runs on the next batch (NOTES 42): as many
+    as PyTorch's threads, at most 4 (two gave 1.15x over one with `full`, 1.3x with `fast` in ONNX, on 2
+    cores), since a 1920x1080 overlay PNG alone costs about as much as the network."""
     done = 0
-    with InOrder(workers=1, ahead=batch_size) as writes:
+    with InOrder(workers=min(4, torch.get_num_threads()), ahead=batch_size) as writes:
         for i in range(0, len(images), batch_size):
             batch, names = [], []
             for f in images[i : i + batch_size]:
