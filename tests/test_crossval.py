@@ -40,6 +40,14 @@ def test_cv_scores_every_frame_once_and_continues(cvc_subset, subset_groups, tmp
     assert lo <= r["pooled"]["dice"]["mean"] <= hi
     per_fold = [json.loads((out / f"fold{f}" / "eval" / "metrics.json").read_text()) for f in (0, 1)]
     assert [f["dice"] for f in r["folds"]] == [m["segmentation"]["dice"] for m in per_fold]
+    # The detection curve pooled: each minimum score's counts summed over the folds' held-out frames.
+    pooled_curve = r["pooled"]["detection_curve"]
+    assert [c["min_score"] for c in pooled_curve] == [c["min_score"] for c in per_fold[0]["detection_curve"]]
+    for i, c in enumerate(pooled_curve):
+        assert [c[k] for k in ("tp", "fp", "fn", "frames")] == [
+            sum(m["detection_curve"][i][k] for m in per_fold) for k in ("tp", "fp", "fn", "frames")
+        ]
+    assert pooled_curve[0] == {"min_score": 0.0, **r["pooled"]["detection"]}
     assert r["mean"]["dice"] == pytest.approx(statistics.fmean(f["dice"] for f in r["folds"]))
     assert "2-fold cross-validation" in printed and f"Dice@0.5 {r['pooled']['dice']['mean']:.4f}" in printed
 

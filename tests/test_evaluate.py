@@ -53,8 +53,8 @@ def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     # The report is one self-contained HTML file with its images inside.
     p = _Images()
     p.feed((out / "report.html").read_text())
-    # Three metric tables and one by sequence (the training's groups CSV names these frames).
-    assert p.tables == 4 and len(p.srcs) >= 3 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    # Three metric tables, the detection curve and one by sequence (the training's groups CSV names these frames).
+    assert p.tables == 5 and len(p.srcs) >= 3 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
     # Outputs are as readable as anything else the user creates (the temp folder was 0700).
     assert (out.stat().st_mode & 0o777) == plain_mode(is_dir=True)
 
@@ -81,7 +81,7 @@ def test_evaluate_by_sequence(tiny_run, cvc, cvc_subset, tmp_path, capsys):
     assert {r["name"]: r["group"] for r in rows}["80"] == "5"
     p = _Images()
     p.feed((out / "report.html").read_text())
-    assert p.tables == 4  # the three metric tables and the one by sequence
+    assert p.tables == 5  # the three metric tables, the detection curve and the one by sequence
 
     # Data without a built-in table: --groups names the sequences.
     (tmp_path / "g.csv").write_text("frame,sequence\n" + "".join(f"{n},{n % 2}\n" for n in range(1, 100)))
@@ -148,6 +148,55 @@ def test_evaluate_external_data_with_negatives(tiny_run, polypgen, tmp_path):
     assert "too narrow" in m["segmentation"]["ci95_method"]
 
 
+# PolypGen-val frames on which the bundled full model marks components scoring both under and over 0.99:
+# two without a polyp (three false alarms peaking at 1.0, 0.87 and 0.84; one at 0.989) and three with one.
+MIXED_SCORES = [
+    "14_endocv2021_positive_864",
+    "13_endocv2021_positive_222",
+    "117OLCV1_100H0010",
+    "12_endocv2021_positive_979",
+    "161OLCV1_100S0021",
+]
+
+
+def test_min_score_and_the_detection_curve(polypgen, tmp_path, capsys):
+    """The detection curve is the detection counted again at each minimum score, and `--min-score` gives
+    that point's counts in evaluate and the same polyps in predict (the mask keeps every pixel)."""
+    (tmp_path / "s.json").write_text(
+        json.dumps({"method": "group", "seed": 0, "train": [], "val": MIXED_SCORES})
+    )
+    args = ("--data", polypgen, "--split", tmp_path / "s.json", "--device", "cpu")
+    assert cli("evaluate", "full", *args, "--out", tmp_path / "all") == 0
+    m = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    curve = {c["min_score"]: c for c in m["detection_curve"]}
+    assert m["min_score"] == 0.0 and curve[0.0] == {"min_score": 0.0, **m["detection"]}
+    fp = [c["fp"] for c in m["detection_curve"]]
+    recall = [c["recall"] for c in m["detection_curve"]]
+    assert fp == sorted(fp, reverse=True) and recall == sorted(recall, reverse=True)
+    assert curve[0.0]["fp"] >= 4 and 1 <= curve[0.99]["fp"] < curve[0.0]["fp"]
+    assert "with --min-score 0.9: recall" in capsys.readouterr().out
+
+    assert cli("evaluate", "full", *args, "--min-score", "0.99", "--out", tmp_path / "strict") == 0
+    s = json.loads((tmp_path / "strict" / "metrics.json").read_text())
+    assert s["min_score"] == 0.99 and {"min_score": 0.99, **s["detection"]} == curve[0.99]
+    assert s["detection_curve"] == m["detection_curve"] and s["segmentation"] == m["segmentation"]
+    # Frame classification calls a frame positive on a detection: the 0.989 false alarm no longer counts.
+    assert (m["classification"]["specificity"], s["classification"]["specificity"]) == (0.0, 0.5)
+    assert "(components scoring >= 0.99)" in capsys.readouterr().out
+    assert "Detection at other minimum scores" in (tmp_path / "strict" / "report.html").read_text()
+
+    frame = polypgen / "images" / f"{MIXED_SCORES[0]}.jpg"
+    for name, extra in (("p_all", ()), ("p_strict", ("--min-score", "0.99"))):
+        assert cli("predict", "full", frame, "--out", tmp_path / name, "--device", "cpu", *extra) == 0
+    polyps = [
+        json.loads((tmp_path / d / f"{MIXED_SCORES[0]}.json").read_text())["polyps"]
+        for d in ("p_all", "p_strict")
+    ]
+    assert len(polyps[0]) == 3 and polyps[1] == [p for p in polyps[0] if p["score"] >= 0.99] and polyps[1]
+    masks = [(tmp_path / d / f"{MIXED_SCORES[0]}_mask.png").read_bytes() for d in ("p_all", "p_strict")]
+    assert masks[0] == masks[1]
+
+
 def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint at all")
     (tmp_path / "cut.pt").write_bytes((tiny_run / "best.pt").read_bytes()[:5000])  # a copy cut short
@@ -189,6 +238,10 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
         (
             ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--min-area", "-1"],
             "min_area must be >= 0 pixels",
+        ),
+        (
+            ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--min-score", "1.5"],
+            "min_score must be in 0..1 (a component's peak probability), got 1.5",
         ),
         (
             ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--prune", "5"],

@@ -110,6 +110,27 @@ def test_detection_min_area_and_centroid_rule():
     assert (c.tp, c.fp, c.n_detections) == (1, 0, 1)
 
 
+def test_detection_counts_at_a_minimum_score():
+    # Two polyps; three detections: polyp 1 hit at 0.95 and again at 0.6, a false alarm at 0.8, polyp 2 missed.
+    gt = box(40, 40, 2, 10, 2, 10) | box(40, 40, 25, 35, 25, 35)
+    pred = box(40, 40, 3, 6, 3, 6) | box(40, 40, 7, 9, 7, 9) | box(40, 40, 15, 20, 0, 5)
+    _, dets = detection.components(pred)
+    by_row = {d.box_xyxy[1]: d for d in dets}
+    dets = [by_row[3], by_row[7], by_row[15]]
+    f = detection.assign(dets, gt, [0.95, 0.6, 0.8])
+    assert (f.hits[0], f.hits[2]) == (f.hits[1], 0) and f.hits[0] and f.n_polyps == 2
+    assert detection.match(pred, gt) == f.counts()  # every detection: the plain centroid rule
+    got = {s: f.counts(s) for s in (0.0, 0.7, 0.9, 0.99)}
+    assert [(c.tp, c.fp, c.fn, c.n_detections) for c in got.values()] == [
+        (1, 1, 1, 3),
+        (1, 1, 1, 2),  # the second hit on polyp 1 dropped: it counted once anyway
+        (1, 0, 1, 1),  # the false alarm dropped
+        (0, 0, 2, 0),
+    ]
+    c = detection.curve([f, f], (0.0, 0.9))
+    assert [(p["min_score"], p["tp"], p["fp"], p["frames"]) for p in c] == [(0.0, 2, 2, 2), (0.9, 2, 0, 2)]
+
+
 def test_auroc_hand_computed():
     scores = np.array([0.9, 0.8, 0.3, 0.2])
     assert auroc(scores, np.array([True, True, False, False])) == 1.0

@@ -80,6 +80,13 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
         help="smallest predicted component counted as a polyp: a share of the frame (default "
         f"{DEFAULT_MIN_AREA.replace('%', '%%')}: 56 px at 384x288, 1037 px at 1920x1080) or pixels (50)",
     )
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=0.0,
+        help="lowest peak probability of a component counted as a polyp (default 0: every component above "
+        "--threshold); higher means fewer false alarms, see evaluate's detection curve to choose",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--overwrite", action="store_true", help="allow writing into an existing output folder")
@@ -246,6 +253,12 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--device", default="auto")
+    sv.add_argument(
+        "--min-score",
+        type=float,
+        default=0.0,
+        help="lowest peak probability of a component counted as a polyp",
+    )
     return ap
 
 
@@ -368,6 +381,7 @@ def _cmd_evaluate(a) -> int:
         prune=_prune(a),
         tta=a.tta,
         min_area=a.min_area,
+        min_score=a.min_score,
         device=a.device,
         batch_size=a.batch_size,
         overwrite=a.overwrite,
@@ -388,6 +402,7 @@ def _cmd_predict(a) -> int:
         prune=_prune(a),
         batch_size=a.batch_size,
         min_area=a.min_area,
+        min_score=a.min_score,
         device=a.device,
         overwrite=a.overwrite,
     )
@@ -435,7 +450,7 @@ def _cmd_benchmark(a) -> int:
 def _cmd_serve(a) -> int:
     from polypseg.serve.app import run
 
-    run(checkpoint=a.checkpoint, host=a.host, port=a.port, device=a.device)
+    run(checkpoint=a.checkpoint, host=a.host, port=a.port, device=a.device, min_score=a.min_score)
     return 0
 
 

@@ -59,6 +59,16 @@ def pool(eval_dirs: list[Path], dataset: str | None = None) -> dict:
     if "det_tp" in rows[0]:  # evaluations from before per-frame detection counts have none
         tp, fp, fn = (sum(int(r[k]) for r in rows) for k in ("det_tp", "det_fp", "det_fn"))
         out["detection"] = detection.rates(tp, fp, fn, len(rows))
+    curves = [json.loads((Path(d) / "metrics.json").read_text()).get("detection_curve") for d in eval_dirs]
+    if dataset is None and all(curves) and len({tuple(c["min_score"] for c in k) for k in curves}) == 1:
+        # the held-out frames of every fold together: where to choose a --min-score, before any test set
+        out["detection_curve"] = [
+            {
+                "min_score": points[0]["min_score"],
+                **detection.rates(*(sum(c[k] for c in points) for k in ("tp", "fp", "fn", "frames"))),
+            }
+            for points in zip(*curves)
+        ]
     return out
 
 
@@ -333,6 +343,15 @@ def format_table(r: dict) -> str:
         f"per polyp over all {p['frames']} frames: recall {det['recall']:.3f}, precision "
         f"{det['precision']:.3f}, F1 {det['f1']:.3f}, {det['fp_per_frame']:.3f} false positives per frame"
     )
+    stricter = [c for c in p.get("detection_curve", []) if c["min_score"] in (0.9, 0.99)]
+    if stricter:
+        lines.append(
+            "  with --min-score "
+            + "; ".join(
+                f"{c['min_score']:g}: recall {c['recall']:.3f}, FP/frame {c['fp_per_frame']:.3f}"
+                for c in stricter
+            )
+        )
     for name, d in r.get("per_dataset", {}).items():
         lines.append(
             f"  {name}: {d['polyp_frames']} frames with a polyp, Dice@0.5 {d['dice']['mean']:.4f} "

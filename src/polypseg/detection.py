@@ -44,6 +44,13 @@ def min_area_px(spec: int | str, height: int, width: int) -> int:
     return math.ceil(value / 100 * height * width) if share else math.ceil(value)
 
 
+def check_min_score(value: float) -> float:
+    """A minimum detection score (a component's peak probability) in 0..1; one-line error otherwise."""
+    if not 0.0 <= float(value) <= 1.0:
+        raise PolypsegError(f"min_score must be in 0..1 (a component's peak probability), got {value}")
+    return float(value)
+
+
 @dataclass
 class Component:
     box_xyxy: tuple[int, int, int, int]
@@ -114,23 +121,47 @@ class DetectionCounts:
     n_detections: int
 
 
-def match(pred: np.ndarray, gt: np.ndarray, min_area: int = 0) -> DetectionCounts:
-    """Apply the centroid rule to one frame (bool masks of equal shape)."""
+@dataclass
+class FrameDetections:
+    """One frame's detections under the centroid rule: each predicted component's score (its peak
+    probability) and the ground-truth polyp its centroid falls in (0: none, a false positive). Counts at
+    any minimum score follow without predicting again, for the detection curve."""
+
+    scores: list[float]
+    hits: list[int]
+    n_polyps: int
+
+    def counts(self, min_score: float = 0.0) -> DetectionCounts:
+        kept = [h for s, h in zip(self.scores, self.hits) if s >= min_score]
+        tp = len({h for h in kept if h})
+        return DetectionCounts(tp, kept.count(0), self.n_polyps - tp, self.n_polyps, len(kept))
+
+
+def assign(dets: list[Component], gt: np.ndarray, scores: list[float] | None = None) -> FrameDetections:
+    """Apply the centroid rule to one frame's detections against its bool ground-truth mask."""
     gt_labels, gt_comps = components(gt, 0)
-    _, dets = components(pred, min_area)
-    hit: set[int] = set()
-    fp = 0
     h, w = gt.shape
+    hits = []
     for d in dets:
         cx = min(w - 1, max(0, int(round(d.centroid[0]))))
         cy = min(h - 1, max(0, int(round(d.centroid[1]))))
-        lab = int(gt_labels[cy, cx])
-        if lab:
-            hit.add(lab)
-        else:
-            fp += 1
-    n_polyps = len(gt_comps)
-    return DetectionCounts(len(hit), fp, n_polyps - len(hit), n_polyps, len(dets))
+        hits.append(int(gt_labels[cy, cx]))
+    return FrameDetections(list(scores) if scores is not None else [1.0] * len(dets), hits, len(gt_comps))
+
+
+def match(pred: np.ndarray, gt: np.ndarray, min_area: int = 0) -> DetectionCounts:
+    """Apply the centroid rule to one frame (bool masks of equal shape)."""
+    return assign(components(pred, min_area)[1], gt).counts()
+
+
+# Minimum detection scores at which `evaluate` reports the detection curve (recall against false alarms
+# per frame, FROC-style); the first point, each component above the pixel threshold, is the default.
+CURVE_MIN_SCORES = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+
+
+def curve(frames: list[FrameDetections], min_scores=CURVE_MIN_SCORES) -> list[dict]:
+    """Detection rates over all frames at each minimum score."""
+    return [{"min_score": s, **summarize([f.counts(s) for f in frames])} for s in min_scores]
 
 
 def summarize(counts: list[DetectionCounts]) -> dict:

@@ -211,18 +211,21 @@ def per_group(
 class _Frame:
     row: dict
     sweep: dict | None  # the threshold sweep of a frame with a polyp
-    counts: detection.DetectionCounts
+    counts: detection.DetectionCounts  # at the chosen minimum score
+    detections: detection.FrameDetections  # at every score, for the detection curve
     pos_hist: np.ndarray  # 256-bin histograms of the quantised probability on polyp / other pixels
     neg_hist: np.ndarray
     thumbs: tuple
 
 
-def _score_frame(pair, group, rgb: np.ndarray, pred, thr: float, min_area) -> _Frame:
+def _score_frame(pair, group, rgb: np.ndarray, pred, thr: float, min_score: float) -> _Frame:
     """Every per-frame result of one predicted frame against its mask (runs on a worker thread)."""
     gt = read_mask(pair.mask)
     prob = pred.probability
     q = np.clip(np.round(prob * 255), 0, 255).astype(np.int64)
-    counts = detection.match(pred.mask, gt, detection.min_area_px(min_area, *gt.shape))
+    # the predictor's own components (min_area applied), each with its score
+    dets = detection.assign([c for c, _ in pred.components], gt, [s for _, s in pred.components])
+    counts = dets.counts(min_score)
     row = {
         "name": pair.name,
         "group": group,
@@ -247,7 +250,13 @@ def _score_frame(pair, group, rgb: np.ndarray, pred, thr: float, min_area) -> _F
         _thumb(overlay(rgb, pred)),
     )
     return _Frame(
-        row, sweep, counts, np.bincount(q[gt], minlength=256), np.bincount(q[~gt], minlength=256), thumbs
+        row,
+        sweep,
+        counts,
+        dets,
+        np.bincount(q[gt], minlength=256),
+        np.bincount(q[~gt], minlength=256),
+        thumbs,
     )
 
 
@@ -262,6 +271,7 @@ def evaluate(
     prune: int | None = None,
     tta: bool = False,
     min_area: int | str = detection.DEFAULT_MIN_AREA,
+    min_score: float = 0.0,
     device: str = "auto",
     batch_size: int = 8,
     overwrite: bool = False,
@@ -273,12 +283,20 @@ def evaluate(
 
     `groups` is a CSV frame,group (video sequence) for data without a built-in table (default: the one
     the checkpoint was trained with, if it names every frame). With sequences known, the metrics are
-    also given by sequence and the confidence intervals resample whole sequences.
+    also given by sequence and the confidence intervals resample whole sequences. `min_score` is the
+    lowest peak probability of a component counted as a detected polyp; the detection curve in
+    metrics.json gives recall and false alarms at other minimum scores.
     """
     ckpt_path = resolve_checkpoint(checkpoint)
     out_dir = atomic.claim_output_dir(out, overwrite, "pass --overwrite to replace its contents")
     predictor = Predictor.from_checkpoint(
-        ckpt_path, device=device, prune=prune, threshold=threshold, tta=tta, min_area=min_area
+        ckpt_path,
+        device=device,
+        prune=prune,
+        threshold=threshold,
+        tta=tta,
+        min_area=min_area,
+        min_score=min_score,
     )
     dataset = discover(data, images, masks)
     for root in dataset.roots:
@@ -293,7 +311,7 @@ def evaluate(
     group_of = dict(zip(dataset.names, group_list))
     thr = predictor.threshold
 
-    rows, sweeps, det_counts, thumbs = [], [], [], []
+    rows, sweeps, det_counts, det_frames, thumbs = [], [], [], [], []
     pooled_pos = np.zeros(256, np.int64)
     pooled_neg = np.zeros(256, np.int64)
     bar = None
@@ -307,6 +325,7 @@ def evaluate(
     def collect(frame: _Frame) -> None:  # in the frames' order, on this thread
         rows.append(frame.row)
         det_counts.append(frame.counts)
+        det_frames.append(frame.detections)
         thumbs.append(frame.thumbs)
         if frame.sweep is not None:
             sweeps.append(frame.sweep)
@@ -327,7 +346,7 @@ def evaluate(
             preds = predictor.predict_batch(frames, [str(p.image) for p in group])
             for pair, rgb, pred in zip(group, frames, preds):
                 resized += rgb.shape[:2] != (predictor.height, predictor.width)
-                scoring.submit(_score_frame, pair, group_of[pair.name], rgb, pred, thr, min_area)
+                scoring.submit(_score_frame, pair, group_of[pair.name], rgb, pred, thr, predictor.min_score)
     if bar:
         bar.close()
 
@@ -388,6 +407,7 @@ def evaluate(
         "polyp_frames": len(pos_rows),
         "threshold": thr,
         "min_area": min_area,
+        "min_score": predictor.min_score,
         "network_input": [predictor.height, predictor.width],
         "resize_note": f"{resized} of {len(rows)} frames were resized to the network's "
         f"{predictor.width}x{predictor.height} and their probabilities resized back; "
@@ -400,6 +420,10 @@ def evaluate(
         if dataset.parts
         else [],
         "detection": det,
+        # recall against false alarms per frame as the minimum score rises (FROC-style)
+        "detection_curve": detection.curve(
+            det_frames, sorted({*detection.CURVE_MIN_SCORES, predictor.min_score})
+        ),
         "classification": cls,
         "negatives": negatives,
         "device": predictor.device_name(),
@@ -451,22 +475,39 @@ def format_table(m: dict) -> str:
         else f"  95% interval: n/a (needs two or more, has {s['ci95_over']})",
         "detection per polyp (centroid rule)",
         f"  recall      {f(d['recall'])}   precision   {f(d['precision'])}   F1 {f(d['f1'])}   "
-        f"FP/frame {f(d['fp_per_frame'])}",
+        f"FP/frame {f(d['fp_per_frame'])}"
+        + (f"   (components scoring >= {m['min_score']:g})" if m.get("min_score") else ""),
     ]
+    stricter = [
+        c
+        for c in m.get("detection_curve", [])
+        if c["min_score"] in (0.9, 0.99) and c["min_score"] > m.get("min_score", 0)
+    ]
+    if stricter:
+        lines.append(
+            "  with --min-score "
+            + "; ".join(
+                f"{c['min_score']:g}: recall {f(c['recall'])}, FP/frame {f(c['fp_per_frame'])}"
+                for c in stricter
+            )
+        )
+    at = lines.index("detection per polyp (centroid rule)")  # per-group rows go above it
     seqs = [g for g in m.get("per_sequence", []) if g["polyp_frames"]]
     if len(seqs) > 1:
         low = sorted(seqs, key=lambda g: g["dice"])[:3]
         lines.insert(
-            -2,
+            at,
             f"  by sequence ({len(seqs)}), lowest Dice@{m['threshold']}: "
             + ", ".join(f"{g['sequence']} {f(g['dice'])} ({g['polyp_frames']} frames)" for g in low),
         )
+        at += 1
     for g in m.get("per_dataset", []):
         lines.insert(
-            -2,
+            at,
             f"  {g['dataset']}: {g['polyp_frames']} frames, Dice@{m['threshold']} {f(g['dice'])}, "
             f"IoU {f(g['iou'])}, mDice {f(g['mdice'])}",
         )
+        at += 1
     if c["negatives"]:
         lines.append(f"frame classification ({c['positives']} positive, {c['negatives']} negative frames)")
         lines.append(

@@ -8,7 +8,9 @@ JSON schema of one image (or one video frame):
     {"file": str, "width": int, "height": int, "threshold": float,
      "polyp_present_score": float,   # max pixel probability in the frame (0..1)
      "polyps": [{"box_xyxy": [x0, y0, x1, y1], "area_px": int, "score": float, "centroid": [x, y]}]}
-`score` is the highest probability inside that polyp's component; x1/y1 are exclusive.
+`score` is the highest probability inside that polyp's component; x1/y1 are exclusive. A polyp is a
+component of the thresholded mask with at least `min_area` pixels and a score of at least `min_score`;
+the mask itself holds every pixel above the threshold.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ import torch
 
 from polypseg import atomic
 from polypseg.checkpoint import build_model, describe, load_checkpoint
-from polypseg.detection import DEFAULT_MIN_AREA, components, mask_box, min_area_px, parse_min_area, peaks
+from polypseg.detection import (
+    DEFAULT_MIN_AREA,
+    Component,
+    check_min_score,
+    components,
+    mask_box,
+    min_area_px,
+    parse_min_area,
+    peaks,
+)
 from polypseg.devices import device_name, pick_device, use_bf16
 from polypseg.errors import PolypsegError
 from polypseg.imageio import (
@@ -73,6 +84,8 @@ class Prediction:
     probability: np.ndarray = field(repr=False)  # (H, W) float32 at the input's size
     mask: np.ndarray = field(repr=False)  # (H, W) bool
     file: str | None = None
+    # every component of at least min_area pixels with its score, below min_score too (for evaluate's curve)
+    components: list[tuple[Component, float]] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict:
         return {
@@ -110,6 +123,7 @@ class Predictor:
         tta: bool = False,
         min_area: int | str = DEFAULT_MIN_AREA,
         onnx_session=None,
+        min_score: float = 0.0,
     ):
         self.net = net
         self.session = onnx_session
@@ -120,6 +134,7 @@ class Predictor:
         self.threshold = float(threshold if threshold is not None else meta.get("threshold", 0.5))
         self.tta = tta
         self.min_area = min_area
+        self.min_score = check_min_score(min_score)
         self.prune = int(meta.get("prune", 0))  # 0: the mean of the heads (or a single-head model)
         self.head = _head(meta)
         # bf16 where the training loop uses it (CUDA; a CPU with native bf16 and no depthwise convolutions)
@@ -139,6 +154,7 @@ class Predictor:
         threshold: float | None = None,
         tta: bool = False,
         min_area: int | str = DEFAULT_MIN_AREA,
+        min_score: float = 0.0,
     ) -> Predictor:
         """`path`: a .pt, .safetensors or .onnx file, or "full"/"fast" (None: the bundled full model).
         `prune`: None = the deepest head alone, 0 = the mean of the heads, 1..depth = that head's
@@ -146,6 +162,7 @@ class Predictor:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise PolypsegError(f"threshold must be in 0..1 (a probability), got {threshold}")
         parse_min_area(min_area)  # pixels or a share of the frame; a bad value is named here
+        check_min_score(min_score)
         path = resolve_checkpoint(path)
         if path.suffix == ".onnx":
             from polypseg.export import load_onnx
@@ -155,7 +172,16 @@ class Predictor:
                 raise PolypsegError(
                     f"this ONNX model is fixed to {_head(meta)}; export it again with --prune instead"
                 )
-            return cls(None, meta, torch.device("cpu"), threshold, tta, min_area, onnx_session=session)
+            return cls(
+                None,
+                meta,
+                torch.device("cpu"),
+                threshold,
+                tta,
+                min_area,
+                onnx_session=session,
+                min_score=min_score,
+            )
         ckpt = load_checkpoint(path)
         dev = pick_device(device)
         # channels_last is faster on CUDA and, with PyTorch 2.13's oneDNN, on the CPU too (NOTES.md 36).
@@ -163,7 +189,7 @@ class Predictor:
         meta = describe(ckpt)
         meta["checkpoint_path"] = str(path)
         meta["prune"] = getattr(model, "prune", 0)
-        return cls(model, meta, dev, threshold, tta, min_area)
+        return cls(model, meta, dev, threshold, tta, min_area, min_score=min_score)
 
     @torch.no_grad()
     def _forward(self, x: np.ndarray) -> np.ndarray:
@@ -202,6 +228,7 @@ class Predictor:
         )
         mask = prob > self.threshold
         labels, comps = components(mask, min_area_px(self.min_area, height, width))
+        scored = list(zip(comps, peaks(prob, labels, comps)))
         polyps = [
             {
                 "box_xyxy": list(c.box_xyxy),
@@ -209,11 +236,12 @@ class Predictor:
                 "score": round(float(peak), 4),
                 "centroid": [round(c.centroid[0], 1), round(c.centroid[1], 1)],
             }
-            for c, peak in zip(comps, peaks(prob, labels, comps))
+            for c, peak in scored
+            if peak >= self.min_score
         ]
         polyps.sort(key=lambda p: -p["score"])
         return Prediction(
-            width, height, self.threshold, round(float(prob_net.max()), 4), polyps, prob, mask, file
+            width, height, self.threshold, round(float(prob_net.max()), 4), polyps, prob, mask, file, scored
         )
 
     def predict_batch(self, frames: list[np.ndarray], files: list[str] | None = None) -> list[Prediction]:
@@ -422,6 +450,7 @@ def predict_paths(
     min_area: int | str = DEFAULT_MIN_AREA,
     device: str = "auto",
     overwrite: bool = False,
+    min_score: float = 0.0,
 ) -> bool:
     """Write mask, overlay and JSON per image, and annotated video + JSON lines + summary per video.
 
@@ -440,7 +469,13 @@ def predict_paths(
         )
     atomic.claim_output_dir(out_dir, overwrite)
     p = Predictor.from_checkpoint(
-        checkpoint, device=device, prune=prune, threshold=threshold, tta=tta, min_area=min_area
+        checkpoint,
+        device=device,
+        prune=prune,
+        threshold=threshold,
+        tta=tta,
+        min_area=min_area,
+        min_score=min_score,
     )
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -101,6 +101,21 @@ def write_report(path, metrics: dict, rows: list[dict], thumbs: list, dice_curve
             else ""
         )
 
+    curve_rows = "".join(
+        f"<tr><td>{'&ge; ' + format(c['min_score'], 'g') if c['min_score'] else 'every component'}"
+        f"{' (used)' if c['min_score'] == metrics.get('min_score', 0.0) else ''}</td>"
+        + "".join(f"<td>{_fmt(c[k])}</td>" for k in ("recall", "precision", "fp_per_frame"))
+        + "</tr>"
+        for c in metrics.get("detection_curve", [])
+    )
+    curve_table = (
+        "<h2>Detection at other minimum scores</h2><p>A component counts as a detected polyp only if its "
+        "highest probability reaches the minimum score (<code>--min-score</code>): fewer false alarms, "
+        "perhaps fewer polyps found. Choose the operating point on validation data, not on a test set.</p>"
+        f"<table><tr><th>minimum score</th><th>recall</th><th>precision</th><th>FP/frame</th></tr>{curve_rows}</table>"
+        if curve_rows
+        else ""
+    )
     seq_table = group_table("By dataset", "dataset", metrics.get("per_dataset", [])) + group_table(
         "By video sequence", "sequence", metrics.get("per_sequence", [])
     )
@@ -135,7 +150,7 @@ Checkpoint <code>{html.escape(metrics["checkpoint"])}</code> (sha256 {metrics["c
 <table><tr><th>segmentation (mean per image)</th><th></th></tr>{seg_rows}</table>
 <table><tr><th>detection per polyp</th><th></th></tr>{det_rows}</table>
 <table><tr><th>frame classification</th><th></th></tr>{cls_rows}</table>
-{interval}{seq_table}
+{interval}{curve_table}{seq_table}
 <h2>Curves</h2><img src="data:image/png;base64,{dice_png}"> <img src="data:image/png;base64,{pr_png}">
 <h2>Worst frames (image | truth | prediction)</h2>{gallery(worst)}
 <h2>Best frames</h2>{gallery(best)}

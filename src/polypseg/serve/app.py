@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from polypseg.detection import check_min_score
 from polypseg.errors import PolypsegError
 from polypseg.imageio import encode_png, to_rgb_uint8, truncation_of
 from polypseg.predict import Predictor, overlay
@@ -158,12 +159,17 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def run(
-    checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto"
+    checkpoint: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    min_score: float = 0.0,
 ) -> None:
     import uvicorn
 
+    check_min_score(min_score)  # before the port is taken
     sock = _listen(host, port)
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, min_score=min_score)
     port = sock.getsockname()[1]  # the one the system chose for --port 0
     print(
         f"polypseg serving {predictor.meta.get('arch', {}).get('name')} on http://{host}:{port}/ "
