@@ -125,6 +125,16 @@ def pooled(folds: list[dict], by_sequence: bool) -> tuple[str, dict]:
             f" Per polyp over all {out['frames']} frames: recall {det['recall']:.3f}, precision {det['precision']:.3f}, "
             f"F1 **{det['f1']:.3f}**, {det['fp_per_frame']:.3f} false positives per frame."
         )
+    if "detection_curve" in out:  # the same at each minimum score (evaluate's --min-score)
+        text += (
+            " At a minimum score of "
+            + ", ".join(
+                f"{c['min_score']:g}: recall {c['recall']:.3f} at {c['fp_per_frame']:.3f} FP/frame"
+                for c in out["detection_curve"]
+                if c["min_score"] in (0.9, 0.99)
+            )
+            + "."
+        )
     if by_sequence:
         seqs = {}
         for m in folds:

@@ -18,7 +18,7 @@ from polypseg.predict import Prediction, overlay, predict_video
 
 SCHEMA = {
     "type": "object",
-    "required": ["file", "width", "height", "threshold", "polyp_present_score", "polyps"],
+    "required": ["file", "width", "height", "threshold", "min_score", "polyp_present_score", "polyps"],
     "properties": {
         "width": {"type": "integer", "minimum": 1},
         "height": {"type": "integer", "minimum": 1},

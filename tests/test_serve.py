@@ -99,6 +99,22 @@ def test_predict_returns_schema_and_images(server, frame):
     )
 
 
+def test_min_score_drops_low_scoring_polyps_not_pixels(server, polypgen):
+    # A frame without a polyp where the bundled full model marks three components (peaks 1.0, 0.87, 0.84).
+    base, _ = server
+    jpg = (polypgen / "images" / "14_endocv2021_positive_864.jpg").read_bytes()
+    every = _post(base, jpg, name="f.jpg", ctype="image/jpeg").json()
+    strict = _post(base, jpg, name="f.jpg", ctype="image/jpeg", min_score=0.9).json()
+    assert (every["min_score"], strict["min_score"]) == (0.0, 0.9) and len(every["polyps"]) == 3
+    assert (
+        strict["polyps"] == [p for p in every["polyps"] if p["score"] >= 0.9] and len(strict["polyps"]) == 1
+    )
+    assert strict["mask_png"] == every["mask_png"]  # the mask keeps every pixel above the threshold
+    assert httpx.get(base + "/health").json()["min_score"] == 0.0  # the request's value was not kept
+    bad = _post(base, jpg, name="f.jpg", ctype="image/jpeg", min_score=2)
+    assert bad.status_code == 422 and "min_score" in bad.json()["error"]
+
+
 def _bomb_png(w=60000, h=60000) -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

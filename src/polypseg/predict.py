@@ -5,7 +5,7 @@ input size -> the network (which normalises inside itself). Probabilities are re
 input's size (bilinear) before thresholding, so masks and boxes are in the input's pixels.
 
 JSON schema of one image (or one video frame):
-    {"file": str, "width": int, "height": int, "threshold": float,
+    {"file": str, "width": int, "height": int, "threshold": float, "min_score": float,
      "polyp_present_score": float,   # max pixel probability in the frame (0..1)
      "polyps": [{"box_xyxy": [x0, y0, x1, y1], "area_px": int, "score": float, "centroid": [x, y]}]}
 `score` is the highest probability inside that polyp's component; x1/y1 are exclusive. A polyp is a
@@ -86,6 +86,7 @@ class Prediction:
     file: str | None = None
     # every component of at least min_area pixels with its score, below min_score too (for evaluate's curve)
     components: list[tuple[Component, float]] = field(default_factory=list, repr=False)
+    min_score: float = 0.0
 
     def to_json(self) -> dict:
         return {
@@ -93,6 +94,7 @@ class Prediction:
             "width": self.width,
             "height": self.height,
             "threshold": self.threshold,
+            "min_score": self.min_score,
             "polyp_present_score": self.polyp_present_score,
             "polyps": self.polyps,
         }
@@ -241,7 +243,16 @@ class Predictor:
         ]
         polyps.sort(key=lambda p: -p["score"])
         return Prediction(
-            width, height, self.threshold, round(float(prob_net.max()), 4), polyps, prob, mask, file, scored
+            width,
+            height,
+            self.threshold,
+            round(float(prob_net.max()), 4),
+            polyps,
+            prob,
+            mask,
+            file,
+            scored,
+            self.min_score,
         )
 
     def predict_batch(self, frames: list[np.ndarray], files: list[str] | None = None) -> list[Prediction]:

@@ -105,12 +105,15 @@ def create_app(
             "input": [predictor.height, predictor.width],
             "output": predictor.output,
             "threshold": predictor.threshold,
+            "min_score": predictor.min_score,
             "device": predictor.device_name(),
         }
 
     @app.post("/predict")
     async def predict(
-        file: UploadFile = File(...), threshold: float | None = Query(None, ge=0.0, le=1.0)
+        file: UploadFile = File(...),
+        threshold: float | None = Query(None, ge=0.0, le=1.0),
+        min_score: float | None = Query(None, ge=0.0, le=1.0),
     ) -> dict:
         ctype = (file.content_type or "").split(";")[0]
         if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
@@ -121,13 +124,15 @@ def create_app(
         rgb = decode_upload(data, max_pixels)
 
         def work():
-            old = predictor.threshold
+            old = predictor.threshold, predictor.min_score
             try:
                 if threshold is not None:
                     predictor.threshold = threshold
+                if min_score is not None:
+                    predictor.min_score = min_score
                 pred = predictor.predict(rgb)
             finally:
-                predictor.threshold = old
+                predictor.threshold, predictor.min_score = old
             out = pred.to_json()
             out["file"] = file.filename
             out["mask_png"] = _data_url(pred.mask.astype(np.uint8) * 255)
