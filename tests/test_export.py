@@ -136,6 +136,30 @@ def test_safetensors_export_of_last_pt_is_the_model_alone(tiny_run, cvc, tmp_pat
     assert np.abs(a.probability - b.probability).max() < 1e-2  # fp16 weights
 
 
+def test_an_exported_operating_point_is_the_default(tiny_run, cvc_subset, tmp_path, capsys):
+    """`export --min-score` stores the minimum score in the model (both formats); predict, evaluate and serve
+    then use it unless told otherwise; a bad value is refused before anything is written."""
+    st, ox = tmp_path / "m.safetensors", tmp_path / "m.onnx"
+    assert (
+        cli("export", tiny_run / "best.pt", "--format", "safetensors", "--min-score", "0.9", "--out", st) == 0
+    )
+    assert cli("export", tiny_run / "best.pt", "--min-score", "0.8", "--data", cvc_subset, "--out", ox) == 0
+    assert Predictor.from_checkpoint(st, device="cpu").min_score == 0.9
+    assert Predictor.from_checkpoint(ox).min_score == 0.8
+    assert Predictor.from_checkpoint(st, device="cpu", min_score=0.0).min_score == 0.0
+    assert Predictor.from_checkpoint(tiny_run / "best.pt", device="cpu").min_score == 0.0  # none stored
+    out = tmp_path / "ev"
+    assert cli("evaluate", st, "--data", cvc_subset, "--split", "all", "--out", out, "--device", "cpu") == 0
+    assert json.loads((out / "metrics.json").read_text())["min_score"] == 0.9
+    capsys.readouterr()
+    bad = tmp_path / "bad.safetensors"
+    assert (
+        cli("export", tiny_run / "best.pt", "--format", "safetensors", "--min-score", "-1", "--out", bad) == 2
+    )
+    err = capsys.readouterr().err
+    assert "min_score must be in 0..1" in err and err.count("\n") == 1 and not bad.exists()
+
+
 def test_export_without_data_checks_parity_on_random_frames(tiny_run, tmp_path, monkeypatch, capsys):
     """A machine with a checkpoint and no dataset can still export; missing data that was asked for, or
     int8 calibration without frames, fails before any file is written."""

@@ -7,6 +7,8 @@ description travels in .pt files, in safetensors metadata and in ONNX metadata.
     arch        {"name": "unetpp", "kwargs": {...}}
     input       {"height", "width", "color": "RGB", "dtype": "uint8 0-255", "normalization"}
     threshold   probability threshold for masks
+    min_score   (optional, set by `export --min-score`) lowest peak probability of a component counted
+                as a polyp; absent means 0, every component above the threshold
     config, split, dataset {"fingerprint", "root", "frames"}, metrics, epoch
     model       state_dict
     (last.pt only) optimizer, scheduler, ema, rng, train_state

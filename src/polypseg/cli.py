@@ -8,7 +8,7 @@ import os
 import sys
 
 from polypseg import __version__
-from polypseg.detection import DEFAULT_MIN_AREA
+from polypseg.detection import DEFAULT_MIN_AREA, check_min_score
 from polypseg.errors import PolypsegError
 
 
@@ -83,9 +83,9 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-score",
         type=float,
-        default=0.0,
-        help="lowest peak probability of a component counted as a polyp (default 0: every component above "
-        "--threshold); higher means fewer false alarms, see evaluate's detection curve to choose",
+        help="lowest peak probability of a component counted as a polyp (default: the checkpoint's, else 0: "
+        "every component above --threshold); higher means fewer false alarms; evaluate's detection curve "
+        "shows the trade",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, default=8)
@@ -228,6 +228,12 @@ def _parser() -> argparse.ArgumentParser:
         "without one, the parity check uses seeded random frames and int8 is refused)",
     )
     ex.add_argument("--quantize", choices=["none", "int8"], default="none", help="also write an int8 model")
+    ex.add_argument(
+        "--min-score",
+        type=float,
+        help="store an operating point in the exported model: the lowest peak probability of a component "
+        "counted as a polyp, then the default of predict, evaluate and serve (choose it on validation frames)",
+    )
 
     be = sub.add_parser(
         "benchmark",
@@ -256,8 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--min-score",
         type=float,
-        default=0.0,
-        help="lowest peak probability of a component counted as a polyp",
+        help="lowest peak probability of a component counted as a polyp (default: the checkpoint's, else 0)",
     )
     return ap
 
@@ -417,7 +422,10 @@ def _cmd_export(a) -> int:
 
         if not a.checkpoint:
             raise PolypsegError("--format safetensors needs --checkpoint")
-        save_safetensors(load_checkpoint(a.checkpoint), a.out)
+        ckpt = load_checkpoint(a.checkpoint)
+        if a.min_score is not None:
+            ckpt["min_score"] = check_min_score(a.min_score)
+        save_safetensors(ckpt, a.out)
         print(f"wrote {a.out}")
         return 0
 
@@ -428,6 +436,7 @@ def _cmd_export(a) -> int:
         dynamic_batch=a.dynamic_batch,
         data=a.data,
         quantize=a.quantize,
+        min_score=a.min_score,
     )
     return 0
 

@@ -271,7 +271,7 @@ def evaluate(
     prune: int | None = None,
     tta: bool = False,
     min_area: int | str = detection.DEFAULT_MIN_AREA,
-    min_score: float = 0.0,
+    min_score: float | None = None,
     device: str = "auto",
     batch_size: int = 8,
     overwrite: bool = False,
@@ -284,7 +284,7 @@ def evaluate(
     `groups` is a CSV frame,group (video sequence) for data without a built-in table (default: the one
     the checkpoint was trained with, if it names every frame). With sequences known, the metrics are
     also given by sequence and the confidence intervals resample whole sequences. `min_score` is the
-    lowest peak probability of a component counted as a detected polyp; the detection curve in
+    lowest peak probability of a component counted as a detected polyp (None: the checkpoint's); the detection curve in
     metrics.json gives recall and false alarms at other minimum scores.
     """
     ckpt_path = resolve_checkpoint(checkpoint)

@@ -17,6 +17,7 @@ from torch import nn
 
 from polypseg import atomic
 from polypseg.checkpoint import build_model, describe, load_checkpoint
+from polypseg.detection import check_min_score
 from polypseg.errors import PolypsegError
 from polypseg.imageio import read_rgb, resize_to
 
@@ -105,6 +106,7 @@ def export_onnx(
     quantize: str = "none",
     verify: bool = True,
     quiet: bool = False,
+    min_score: float | None = None,
 ) -> dict:
     """Export, attach metadata, and check ONNX Runtime against PyTorch on real frames (fp32, max |dp| <= 1e-3)."""
     import onnx
@@ -112,6 +114,8 @@ def export_onnx(
     from polypseg.predict import resolve_checkpoint
 
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    if min_score is not None:  # the operating point travels with the model
+        ckpt["min_score"] = check_min_score(min_score)
     model = build_model(ckpt, prune)
     h, w = ckpt["input"]["height"], ckpt["input"]["width"]
     # Every frame the checks need is read first: missing data fails before a file is written.

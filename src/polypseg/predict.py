@@ -156,15 +156,17 @@ class Predictor:
         threshold: float | None = None,
         tta: bool = False,
         min_area: int | str = DEFAULT_MIN_AREA,
-        min_score: float = 0.0,
+        min_score: float | None = None,
     ) -> Predictor:
         """`path`: a .pt, .safetensors or .onnx file, or "full"/"fast" (None: the bundled full model).
         `prune`: None = the deepest head alone, 0 = the mean of the heads, 1..depth = that head's
-        sub-network (an ONNX model is fixed to the head it was exported with)."""
+        sub-network (an ONNX model is fixed to the head it was exported with). `min_score`: None = the
+        checkpoint's (0 unless it was exported with one)."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise PolypsegError(f"threshold must be in 0..1 (a probability), got {threshold}")
         parse_min_area(min_area)  # pixels or a share of the frame; a bad value is named here
-        check_min_score(min_score)
+        if min_score is not None:
+            check_min_score(min_score)
         path = resolve_checkpoint(path)
         if path.suffix == ".onnx":
             from polypseg.export import load_onnx
@@ -182,7 +184,7 @@ class Predictor:
                 tta,
                 min_area,
                 onnx_session=session,
-                min_score=min_score,
+                min_score=meta.get("min_score", 0.0) if min_score is None else min_score,
             )
         ckpt = load_checkpoint(path)
         dev = pick_device(device)
@@ -191,7 +193,8 @@ class Predictor:
         meta = describe(ckpt)
         meta["checkpoint_path"] = str(path)
         meta["prune"] = getattr(model, "prune", 0)
-        return cls(model, meta, dev, threshold, tta, min_area, min_score=min_score)
+        score = meta.get("min_score", 0.0) if min_score is None else min_score
+        return cls(model, meta, dev, threshold, tta, min_area, min_score=score)
 
     @torch.no_grad()
     def _forward(self, x: np.ndarray) -> np.ndarray:
@@ -461,7 +464,7 @@ def predict_paths(
     min_area: int | str = DEFAULT_MIN_AREA,
     device: str = "auto",
     overwrite: bool = False,
-    min_score: float = 0.0,
+    min_score: float | None = None,
 ) -> bool:
     """Write mask, overlay and JSON per image, and annotated video + JSON lines + summary per video.
 

@@ -168,11 +168,12 @@ def run(
     host: str = "127.0.0.1",
     port: int = 8000,
     device: str = "auto",
-    min_score: float = 0.0,
+    min_score: float | None = None,
 ) -> None:
     import uvicorn
 
-    check_min_score(min_score)  # before the port is taken
+    if min_score is not None:
+        check_min_score(min_score)  # before the port is taken
     sock = _listen(host, port)
     predictor = Predictor.from_checkpoint(checkpoint, device=device, min_score=min_score)
     port = sock.getsockname()[1]  # the one the system chose for --port 0
