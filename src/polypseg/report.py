@@ -77,9 +77,12 @@ def write_report(path, metrics: dict, rows: list[dict], thumbs: list, dice_curve
         "specificity": "specificity",
     }
     seg_rows = "".join(f"<tr><td>{names[k]}</td><td>{_fmt(seg[k])}</td></tr>" for k in names)
-    det_rows = "".join(
-        f"<tr><td>{k}</td><td>{_fmt(det[k])}</td></tr>"
-        for k in ("recall", "precision", "f1", "fp_per_frame", "tp", "fp", "fn")
+    det_rows = (
+        "".join(
+            f"<tr><td>{k}</td><td>{_fmt(det[k])}</td></tr>"
+            for k in ("recall", "precision", "f1", "fp_per_frame", "tp", "fp", "fn")
+        )
+        + f"<tr><td>minimum score</td><td>{metrics.get('min_score', 0.0):g}</td></tr>"
     )
     cls_rows = "".join(
         f"<tr><td>{k}</td><td>{_fmt(cls[k])}</td></tr>"
