@@ -164,7 +164,7 @@ def test_bounded_concurrent_burst(server, frame):
 
 
 @pytest.mark.browser
-def test_web_page_in_headless_chromium(server, cvc, tmp_path):
+def test_web_page_in_headless_chromium(server, cvc, polypgen, tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     from playwright.sync_api import sync_playwright
@@ -204,6 +204,12 @@ def test_web_page_in_headless_chromium(server, cvc, tmp_path):
         page.set_input_files("#file", str(bad))
         page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=20000)
         assert "not an image" in page.inner_text("#error")
+        # The minimum score slider: three marks on a frame without a polyp, one of them above 0.9.
+        page.set_input_files("#file", str(polypgen / "images" / "14_endocv2021_positive_864.jpg"))
+        page.wait_for_function("document.querySelectorAll('#polyps tr.polyp').length == 3", timeout=60000)
+        page.eval_on_selector("#minscore", "e => { e.value = '0.9'; e.dispatchEvent(new Event('change')); }")
+        page.wait_for_function("document.querySelectorAll('#polyps tr.polyp').length == 1", timeout=60000)
+        assert "minimum score 0.9" in page.inner_text("#status")
         browser.close()
     if os.environ.get("POLYPSEG_SCREENSHOT"):
         shutil.copy(tmp_path / "page.png", os.environ["POLYPSEG_SCREENSHOT"])
