@@ -125,7 +125,7 @@ class Predictor:
         tta: bool = False,
         min_area: int | str = DEFAULT_MIN_AREA,
         onnx_session=None,
-        min_score: float = 0.0,
+        min_score: float | None = None,
     ):
         self.net = net
         self.session = onnx_session
@@ -136,7 +136,8 @@ class Predictor:
         self.threshold = float(threshold if threshold is not None else meta.get("threshold", 0.5))
         self.tta = tta
         self.min_area = min_area
-        self.min_score = check_min_score(min_score)
+        # None: the operating point stored in the checkpoint (`export --min-score`), else 0
+        self.min_score = check_min_score(meta.get("min_score", 0.0) if min_score is None else min_score)
         self.prune = int(meta.get("prune", 0))  # 0: the mean of the heads (or a single-head model)
         self.head = _head(meta)
         # bf16 where the training loop uses it (CUDA; a CPU with native bf16 and no depthwise convolutions)
@@ -184,7 +185,7 @@ class Predictor:
                 tta,
                 min_area,
                 onnx_session=session,
-                min_score=meta.get("min_score", 0.0) if min_score is None else min_score,
+                min_score=min_score,
             )
         ckpt = load_checkpoint(path)
         dev = pick_device(device)
@@ -193,8 +194,7 @@ class Predictor:
         meta = describe(ckpt)
         meta["checkpoint_path"] = str(path)
         meta["prune"] = getattr(model, "prune", 0)
-        score = meta.get("min_score", 0.0) if min_score is None else min_score
-        return cls(model, meta, dev, threshold, tta, min_area, min_score=score)
+        return cls(model, meta, dev, threshold, tta, min_area, min_score=min_score)
 
     @torch.no_grad()
     def _forward(self, x: np.ndarray) -> np.ndarray:
