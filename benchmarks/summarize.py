@@ -19,6 +19,7 @@ import math
 import statistics
 from pathlib import Path
 
+from polypseg import detection
 from polypseg.crossval import paired as compare
 from polypseg.crossval import pool
 from polypseg.errors import PolypsegError
@@ -126,15 +127,7 @@ def pooled(folds: list[dict], by_sequence: bool) -> tuple[str, dict]:
             f"F1 **{det['f1']:.3f}**, {det['fp_per_frame']:.3f} false positives per frame."
         )
     if "detection_curve" in out:  # the same at each minimum score (evaluate's --min-score)
-        text += (
-            " At a minimum score of "
-            + ", ".join(
-                f"{c['min_score']:g}: recall {c['recall']:.3f} at {c['fp_per_frame']:.3f} FP/frame"
-                for c in out["detection_curve"]
-                if c["min_score"] in (0.9, 0.99)
-            )
-            + "."
-        )
+        text += f" At a minimum score of {detection.stricter_points(out['detection_curve'])}."
     if by_sequence:
         seqs = {}
         for m in folds:

@@ -8,7 +8,7 @@ import os
 import sys
 
 from polypseg import __version__
-from polypseg.detection import DEFAULT_MIN_AREA, check_min_score
+from polypseg.detection import DEFAULT_MIN_AREA
 from polypseg.errors import PolypsegError
 
 
@@ -415,17 +415,12 @@ def _cmd_predict(a) -> int:
 
 
 def _cmd_export(a) -> int:
-    from polypseg.export import export_onnx
+    from polypseg.export import export_onnx, export_safetensors
 
     if a.format == "safetensors":
-        from polypseg.checkpoint import load_checkpoint, save_safetensors
-
         if not a.checkpoint:
             raise PolypsegError("--format safetensors needs --checkpoint")
-        ckpt = load_checkpoint(a.checkpoint)
-        if a.min_score is not None:
-            ckpt["min_score"] = check_min_score(a.min_score)
-        save_safetensors(ckpt, a.out)
+        export_safetensors(a.checkpoint, a.out, a.min_score)
         print(f"wrote {a.out}")
         return 0
 

@@ -343,15 +343,9 @@ def format_table(r: dict) -> str:
         f"per polyp over all {p['frames']} frames: recall {det['recall']:.3f}, precision "
         f"{det['precision']:.3f}, F1 {det['f1']:.3f}, {det['fp_per_frame']:.3f} false positives per frame"
     )
-    stricter = [c for c in p.get("detection_curve", []) if c["min_score"] in (0.9, 0.99)]
+    stricter = detection.stricter_points(p.get("detection_curve", []))
     if stricter:
-        lines.append(
-            "  with --min-score "
-            + "; ".join(
-                f"{c['min_score']:g}: recall {c['recall']:.3f}, FP/frame {c['fp_per_frame']:.3f}"
-                for c in stricter
-            )
-        )
+        lines.append(f"  with --min-score {stricter}")
     for name, d in r.get("per_dataset", {}).items():
         lines.append(
             f"  {name}: {d['polyp_frames']} frames with a polyp, Dice@0.5 {d['dice']['mean']:.4f} "

@@ -164,6 +164,20 @@ def curve(frames: list[FrameDetections], min_scores=CURVE_MIN_SCORES) -> list[di
     return [{"min_score": s, **summarize([f.counts(s) for f in frames])} for s in min_scores]
 
 
+def stricter_points(points: list[dict], used: float = 0.0, digits: int = 3) -> str:
+    """Two points of a detection curve above the minimum score in use, in words for a table on screen:
+    "0.9: recall 0.866, FP/frame 0.093; 0.99: ..." ("" when the curve has neither)."""
+
+    def num(v: float) -> str:
+        return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
+
+    return "; ".join(
+        f"{c['min_score']:g}: recall {num(c['recall'])}, FP/frame {num(c['fp_per_frame'])}"
+        for c in points
+        if c["min_score"] in (0.9, 0.99) and c["min_score"] > used
+    )
+
+
 def summarize(counts: list[DetectionCounts]) -> dict:
     return rates(sum(c.tp for c in counts), sum(c.fp for c in counts), sum(c.fn for c in counts), len(counts))
 

@@ -478,19 +478,9 @@ def format_table(m: dict) -> str:
         f"FP/frame {f(d['fp_per_frame'])}"
         + (f"   (components scoring >= {m['min_score']:g})" if m.get("min_score") else ""),
     ]
-    stricter = [
-        c
-        for c in m.get("detection_curve", [])
-        if c["min_score"] in (0.9, 0.99) and c["min_score"] > m.get("min_score", 0)
-    ]
+    stricter = detection.stricter_points(m.get("detection_curve", []), m.get("min_score", 0.0), digits=4)
     if stricter:
-        lines.append(
-            "  with --min-score "
-            + "; ".join(
-                f"{c['min_score']:g}: recall {f(c['recall'])}, FP/frame {f(c['fp_per_frame'])}"
-                for c in stricter
-            )
-        )
+        lines.append(f"  with --min-score {stricter}")
     at = lines.index("detection per polyp (centroid rule)")  # per-group rows go above it
     seqs = [g for g in m.get("per_sequence", []) if g["polyp_frames"]]
     if len(seqs) > 1:

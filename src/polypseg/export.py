@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from polypseg import atomic
-from polypseg.checkpoint import build_model, describe, load_checkpoint
+from polypseg.checkpoint import build_model, describe, load_checkpoint, save_safetensors
 from polypseg.detection import check_min_score
 from polypseg.errors import PolypsegError
 from polypseg.imageio import read_rgb, resize_to
@@ -97,6 +97,21 @@ def load_onnx(path: str | os.PathLike):
     return session, desc
 
 
+def _load(checkpoint: str | None, min_score: float | None) -> dict:
+    """The checkpoint to export, with the operating point it is to carry (`--min-score`), if one is given."""
+    from polypseg.predict import resolve_checkpoint
+
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    if min_score is not None:
+        ckpt["min_score"] = check_min_score(min_score)
+    return ckpt
+
+
+def export_safetensors(checkpoint: str | None, out: str, min_score: float | None = None) -> None:
+    """fp16 weights and the description, the format the bundled models ship in."""
+    save_safetensors(_load(checkpoint, min_score), out)
+
+
 def export_onnx(
     checkpoint: str | None,
     out: str,
@@ -111,11 +126,7 @@ def export_onnx(
     """Export, attach metadata, and check ONNX Runtime against PyTorch on real frames (fp32, max |dp| <= 1e-3)."""
     import onnx
 
-    from polypseg.predict import resolve_checkpoint
-
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-    if min_score is not None:  # the operating point travels with the model
-        ckpt["min_score"] = check_min_score(min_score)
+    ckpt = _load(checkpoint, min_score)
     model = build_model(ckpt, prune)
     h, w = ckpt["input"]["height"], ckpt["input"]["width"]
     # Every frame the checks need is read first: missing data fails before a file is written.
