@@ -177,6 +177,20 @@ def test_unopenable_video_is_one_line_error(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # a run that wrote nothing leaves no output folder behind
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate", "benchmark"])
+@pytest.mark.parametrize("device", ["tpu", "cpu:1", "cuda:99"])
+def test_a_device_that_is_not_here_is_one_line_error(tiny_run, cvc_subset, tmp_path, capsys, command, device):
+    frame = next((cvc_subset / "images").iterdir())
+    where = {
+        "predict": [frame, "--out", tmp_path / "o"],
+        "evaluate": ["--data", cvc_subset, "--out", tmp_path / "o"],
+    }
+    assert cli(command, tiny_run / "best.pt", *where.get(command, []), "--device", device) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("polypseg: error: ") and err.count("\n") == 1
+    assert ("unknown device" in err) == (device != "cuda:99") and not (tmp_path / "o").exists()
+
+
 def test_bundled_models_are_what_the_demo_and_card_say(cvc):
     from polypseg.data.layouts import discover
     from polypseg.data.splits import Split, check_no_leak, load_groups, make_split

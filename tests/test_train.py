@@ -278,6 +278,7 @@ def test_out_of_memory_names_a_batch_size(cvc_subset, subset_groups, tmp_path, c
         ),
         (["data.split_by=kfold", "data.groups=ONE"], "grouped k-fold needs at least 2 groups"),
         (["cuda_graph=true", "compile=true"], "train.cuda_graph and train.compile do not go together"),
+        (["device=tpu"], "unknown device 'tpu': use auto, cpu, cuda or cuda:N"),
         (
             ["data.split_by=kfold", "data.folds=5"],
             "4 group(s) cannot make 5 folds; set data.folds to at most 4",

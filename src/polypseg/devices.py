@@ -10,11 +10,23 @@ from polypseg.errors import PolypsegError
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """ "auto", "cpu", "cuda" or "cuda:N" -> a torch.device that exists here, else a one-line error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PolypsegError("CUDA was asked for but no GPU is available")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index):
+        raise PolypsegError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PolypsegError("CUDA was asked for but no GPU is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PolypsegError(
+                f"{device}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    return dev
 
 
 def device_name(device: torch.device) -> str:

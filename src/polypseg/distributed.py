@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from polypseg.devices import pick_device
+
 
 @dataclass
 class DistInfo:
@@ -23,20 +25,17 @@ class DistInfo:
 
 def setup(device_pref: str) -> tuple[DistInfo, torch.device]:
     """Initialise the process group when launched by torchrun; choose this process's device."""
-    want_cuda = device_pref.startswith("cuda") or (device_pref == "auto" and torch.cuda.is_available())
+    device = pick_device(device_pref)  # an unknown or absent device is a one-line error here
     if "RANK" not in os.environ:
-        if want_cuda:
-            return DistInfo(False), torch.device(device_pref if device_pref.startswith("cuda") else "cuda")
-        return DistInfo(False), torch.device("cpu")
+        return DistInfo(False), device
     info = DistInfo(
         True, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
     )
-    if want_cuda:
+    if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl")
     else:
-        device = torch.device("cpu")
         dist.init_process_group("gloo")
     return info, device
 
