@@ -46,3 +46,16 @@ def test_benchmark_defaults_to_the_checkpoints_input_size(tiny_run, tmp_path):
     assert main(args + ["--no-onnx", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert (res["height"], res["width"]) == (64, 80)  # what the tiny run was trained at
+
+
+def test_benchmark_bad_sizes_and_counts_are_one_line_errors(tiny_run, tmp_path, capsys):
+    base = ["benchmark", "--checkpoint", str(tiny_run / "best.pt"), "--device", "cpu", "--no-onnx"]
+    for extra, message in (
+        (["--iters", "0"], "--iters must be at least 1, got 0"),
+        (["--height", "-32"], "--height must be at least 1, got -32"),
+        (["--height", "40"], "--height and --width must be multiples of 16 (four poolings), got 40x80"),
+    ):
+        assert main([*base, *extra, "--json", str(tmp_path / "b.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == f"polypseg: error: {message}"
+    assert not (tmp_path / "b.json").exists()

@@ -176,3 +176,26 @@ def test_export_without_data_checks_parity_on_random_frames(tiny_run, tmp_path, 
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1
         assert not bad.exists() and not list(tmp_path.glob("bad*"))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx"])
+def test_export_never_writes_over_a_file_unasked(tiny_run, cvc_subset, tmp_path, capsys, fmt):
+    """An existing --out is kept byte for byte unless --overwrite; the checkpoint being read is never the
+    output, even with --overwrite; a missing output folder is created."""
+    out = tmp_path / f"m.{fmt}"
+    out.write_bytes(b"the user's file")
+    args = ["--format", fmt, "--data", cvc_subset]
+    assert cli("export", tiny_run / "best.pt", *args, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith(f"{out} exists; pass --overwrite to replace it") and err.count("\n") == 1
+    assert out.read_bytes() == b"the user's file"
+    assert cli("export", tiny_run / "best.pt", *args, "--out", out, "--overwrite") == 0
+    assert Predictor.from_checkpoint(out).meta["arch"]["name"] == "unetpp"
+    src = tmp_path / "copy.pt"
+    src.write_bytes((tiny_run / "best.pt").read_bytes())
+    assert cli("export", src, *args, "--out", src, "--overwrite") == 2
+    assert "is the input itself" in capsys.readouterr().err
+    assert src.read_bytes() == (tiny_run / "best.pt").read_bytes()
+    nested = tmp_path / "new" / "folder" / f"m.{fmt}"
+    assert cli("export", tiny_run / "best.pt", *args, "--out", nested) == 0 and nested.is_file()
+    assert not [p for p in tmp_path.rglob(".*.tmp")]  # no temp file left behind

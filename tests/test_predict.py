@@ -191,6 +191,15 @@ def test_a_device_that_is_not_here_is_one_line_error(tiny_run, cvc_subset, tmp_p
     assert ("unknown device" in err) == (device != "cuda:99") and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_batch_size_below_one_is_one_line_error(tiny_run, cvc_subset, tmp_path, capsys, command):
+    frame = next((cvc_subset / "images").iterdir())
+    where = [frame] if command == "predict" else ["--data", cvc_subset]
+    assert cli(command, tiny_run / "best.pt", *where, "--out", tmp_path / "o", "--batch-size", "0") == 2
+    assert capsys.readouterr().err == "polypseg: error: --batch-size must be at least 1, got 0\n"
+    assert not (tmp_path / "o").exists()
+
+
 def test_bundled_models_are_what_the_demo_and_card_say(cvc):
     from polypseg.data.layouts import discover
     from polypseg.data.splits import Split, check_no_leak, load_groups, make_split

@@ -47,6 +47,20 @@ def default_permissions(path: str | os.PathLike) -> None:
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
 
 
+def claim_output_file(path: str | os.PathLike, overwrite: bool, inputs=()) -> Path:
+    """`path` as an output file: never one of `inputs` (the file being read); refused (one-line error) if it
+    exists, unless `overwrite`; its folder is created."""
+    path = Path(path)
+    if any(path.resolve() == Path(i).resolve() for i in inputs):
+        raise PolypsegError(f"--out {path} is the input itself; choose another file")
+    if path.is_dir():
+        raise PolypsegError(f"{path} is a folder, not a file")
+    if path.exists() and not overwrite:
+        raise PolypsegError(f"{path} exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def claim_output_dir(
     path: str | os.PathLike, overwrite: bool, hint: str = "pass --overwrite to write into it"
 ) -> Path:

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from polypseg.checkpoint import build_model, load_checkpoint
+from polypseg.config import input_stride
 from polypseg.devices import device_name, pick_device, use_bf16
+from polypseg.errors import PolypsegError, at_least_one
 from polypseg.models import count_parameters, create_model
 
 
@@ -112,6 +114,10 @@ def run_benchmark(
     checkpoint=None, device="auto", height=None, width=None, iters=20, json_path=None, onnx=True, batch=None
 ) -> list[dict]:
     """Sizes default to the checkpoint's input size, or CVC-ClinicDB's 288x384 for the default architectures."""
+    at_least_one("--iters", iters)
+    for flag, value in (("--height", height), ("--width", width), ("batch", batch)):
+        if value is not None:
+            at_least_one(flag, value)
     ck = None
     if checkpoint:
         from polypseg.predict import resolve_checkpoint
@@ -119,6 +125,12 @@ def run_benchmark(
         ck = load_checkpoint(resolve_checkpoint(checkpoint))
         height, width = height or ck["input"]["height"], width or ck["input"]["width"]
     height, width = height or 288, width or 384
+    kwargs = ck["arch"].get("kwargs", {}) if ck else {}
+    stride, why = input_stride(kwargs.get("encoder", "none"), kwargs.get("depth", 4))
+    if height % stride or width % stride:
+        raise PolypsegError(
+            f"--height and --width must be multiples of {stride} ({why}), got {height}x{width}"
+        )
     dev = pick_device(device)
     batch = batch or (32 if dev.type == "cuda" else 4)
     name = device_name(dev)

@@ -219,6 +219,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--out", required=True)
     ex.add_argument(
+        "--overwrite", action="store_true", help="replace --out (and its _int8.onnx) if it exists"
+    )
+    ex.add_argument(
         "--prune", type=int, help="head 1..4 (1..depth; default: the deepest); 0 = the mean of the heads"
     )
     ex.add_argument("--dynamic-batch", action="store_true")
@@ -420,7 +423,7 @@ def _cmd_export(a) -> int:
     if a.format == "safetensors":
         if not a.checkpoint:
             raise PolypsegError("--format safetensors needs --checkpoint")
-        export_safetensors(a.checkpoint, a.out, a.min_score)
+        export_safetensors(a.checkpoint, a.out, a.min_score, a.overwrite)
         print(f"wrote {a.out}")
         return 0
 
@@ -432,6 +435,7 @@ def _cmd_export(a) -> int:
         data=a.data,
         quantize=a.quantize,
         min_score=a.min_score,
+        overwrite=a.overwrite,
     )
     return 0
 

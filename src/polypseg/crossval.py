@@ -21,7 +21,7 @@ from pathlib import Path
 from polypseg import atomic, detection
 from polypseg.config import TrainConfig, config_yaml, load_config, to_dict
 from polypseg.data.layouts import split_name
-from polypseg.errors import PolypsegError
+from polypseg.errors import PolypsegError, at_least_one
 from polypseg.metrics import grouped_bootstrap_ci
 
 # (label, metrics.json section, key) of the per-fold table
@@ -226,8 +226,7 @@ def cross_validate(
         )
     if cfg.data.split:
         raise PolypsegError("data.split fixes one split; cv makes its own k folds (drop data.split)")
-    if jobs < 1:
-        raise PolypsegError(f"--jobs must be at least 1, got {jobs}")
+    at_least_one("--jobs", jobs)
     baseline_evals = _baseline_evals(baseline) if baseline is not None else None
     cfg = copy.deepcopy(cfg)
     cfg.data.split_by = "kfold"

@@ -29,7 +29,7 @@ from polypseg.data.download import sha256_of
 from polypseg.data.layouts import discover, split_name
 from polypseg.data.splits import Split, load_groups
 from polypseg.data.validate import validate
-from polypseg.errors import PolypsegError
+from polypseg.errors import PolypsegError, at_least_one
 from polypseg.imageio import read_mask, read_rgb
 from polypseg.inorder import InOrder
 from polypseg.metrics import grouped_bootstrap_ci, threshold_sweep
@@ -287,6 +287,7 @@ def evaluate(
     lowest peak probability of a component counted as a detected polyp (None: the checkpoint's); the detection curve in
     metrics.json gives recall and false alarms at other minimum scores.
     """
+    at_least_one("--batch-size", batch_size)
     ckpt_path = resolve_checkpoint(checkpoint)
     out_dir = atomic.claim_output_dir(out, overwrite, "pass --overwrite to replace its contents")
     predictor = Predictor.from_checkpoint(

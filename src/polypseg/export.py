@@ -97,19 +97,24 @@ def load_onnx(path: str | os.PathLike):
     return session, desc
 
 
-def _load(checkpoint: str | None, min_score: float | None) -> dict:
-    """The checkpoint to export, with the operating point it is to carry (`--min-score`), if one is given."""
+def _load(checkpoint: str | None, min_score: float | None) -> tuple[dict, Path]:
+    """The checkpoint to export, with the operating point it is to carry (`--min-score`), if one is given,
+    and the file it came from."""
     from polypseg.predict import resolve_checkpoint
 
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    src = resolve_checkpoint(checkpoint)
+    ckpt = load_checkpoint(src)
     if min_score is not None:
         ckpt["min_score"] = check_min_score(min_score)
-    return ckpt
+    return ckpt, src
 
 
-def export_safetensors(checkpoint: str | None, out: str, min_score: float | None = None) -> None:
+def export_safetensors(
+    checkpoint: str | None, out: str, min_score: float | None = None, overwrite: bool = False
+) -> None:
     """fp16 weights and the description, the format the bundled models ship in."""
-    save_safetensors(_load(checkpoint, min_score), out)
+    ckpt, src = _load(checkpoint, min_score)
+    save_safetensors(ckpt, atomic.claim_output_file(out, overwrite, [src]))
 
 
 def export_onnx(
@@ -122,19 +127,22 @@ def export_onnx(
     verify: bool = True,
     quiet: bool = False,
     min_score: float | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Export, attach metadata, and check ONNX Runtime against PyTorch on real frames (fp32, max |dp| <= 1e-3)."""
+    """Export, attach metadata, and check ONNX Runtime against PyTorch on real frames (fp32, max |dp| <= 1e-3).
+    The file is put in place only once the check has passed; an existing one is kept unless `overwrite`."""
     import onnx
 
-    ckpt = _load(checkpoint, min_score)
+    ckpt, src = _load(checkpoint, min_score)
     model = build_model(ckpt, prune)
     h, w = ckpt["input"]["height"], ckpt["input"]["width"]
     # Every frame the checks need is read first: missing data fails before a file is written.
     frames, kind = _parity_frames(data, h, w) if verify else (None, "")
     calibration = _sample_frames(data, h, w, n=16) if quantize == "int8" else None
     wrapper = ProbabilityModel(model).eval()
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path = atomic.claim_output_file(out, overwrite, [src])
+    if quantize == "int8":
+        atomic.claim_output_file(int8_path(out_path), overwrite, [src])
     desc = describe(ckpt)
     desc["prune"] = getattr(model, "prune", 0)
     desc["onnx"] = {
@@ -148,22 +156,23 @@ def export_onnx(
         entry = m.metadata_props.add()
         entry.key, entry.value = "polypseg", json.dumps(desc)
         onnx.save(m, str(tmp))
-    report = {"onnx": str(out_path), "input_size": [h, w], "prune": desc["prune"]}
-    if verify:
-        session, _ = load_onnx(out_path)
-        with torch.no_grad():
-            ref = wrapper(torch.from_numpy(frames)).numpy()
-        got = np.concatenate([session.run(None, {"image": frames[i : i + 1]})[0] for i in range(len(frames))])
-        diff = float(np.abs(ref - got).max())
-        report.update(parity_frames=len(frames), parity_on=kind, max_abs_diff=diff)
-        if not quiet:
-            note = " (no data found; --data checks real frames)" if kind == "synthetic" else ""
-            print(
-                f"parity on {len(frames)} {kind} frames{note}: max |p_onnx - p_torch| = {diff:.2e} (limit 1e-3)"
+        report = {"onnx": str(out_path), "input_size": [h, w], "prune": desc["prune"]}
+        if verify:
+            session, _ = load_onnx(tmp)
+            with torch.no_grad():
+                ref = wrapper(torch.from_numpy(frames)).numpy()
+            got = np.concatenate(
+                [session.run(None, {"image": frames[i : i + 1]})[0] for i in range(len(frames))]
             )
-        if diff > 1e-3:
-            out_path.unlink()
-            raise PolypsegError(f"ONNX output differs from PyTorch by {diff:.2e} > 1e-3; export removed")
+            diff = float(np.abs(ref - got).max())
+            report.update(parity_frames=len(frames), parity_on=kind, max_abs_diff=diff)
+            if not quiet:
+                note = " (no data found; --data checks real frames)" if kind == "synthetic" else ""
+                print(
+                    f"parity on {len(frames)} {kind} frames{note}: max |p_onnx - p_torch| = {diff:.2e} (limit 1e-3)"
+                )
+            if diff > 1e-3:  # leaving the block with an error removes the temp file; out_path is untouched
+                raise PolypsegError(f"ONNX output differs from PyTorch by {diff:.2e} > 1e-3; nothing written")
     if quantize == "int8":
         report["int8"] = quantize_int8(out_path, calibration)
         if not quiet:
@@ -171,6 +180,10 @@ def export_onnx(
     if not quiet:
         print(f"wrote {out_path}")
     return report
+
+
+def int8_path(fp32_path: Path) -> Path:
+    return fp32_path.with_name(fp32_path.stem + "_int8.onnx")
 
 
 def quantize_int8(fp32_path: Path, frames: np.ndarray) -> str:
@@ -185,7 +198,7 @@ def quantize_int8(fp32_path: Path, frames: np.ndarray) -> str:
             x = next(self.it, None)
             return None if x is None else {"image": x}
 
-    out = fp32_path.with_name(fp32_path.stem + "_int8.onnx")
+    out = int8_path(fp32_path)
     import onnx
 
     with atomic.replacing(out) as tmp:

@@ -41,7 +41,7 @@ from polypseg.detection import (
     peaks,
 )
 from polypseg.devices import device_name, pick_device, use_bf16
-from polypseg.errors import PolypsegError
+from polypseg.errors import PolypsegError, at_least_one
 from polypseg.imageio import (
     VIDEO_EXTENSIONS,
     read_rgb,
@@ -470,6 +470,7 @@ def predict_paths(
 
     Returns True if at least one input was processed. Unreadable inputs are reported and skipped.
     """
+    at_least_one("--batch-size", batch_size)
     images, videos, problems = expand_inputs(inputs)
     if not images and not videos:
         raise PolypsegError("no images or videos found in " + ", ".join(inputs))
