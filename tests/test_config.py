@@ -61,6 +61,25 @@ def test_bad_overrides_rejected_by_name(override, message):
         load_config(overrides=[override])
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "optim: [1,\n",
+            "not valid YAML (expected the node content, but found '<stream end>' at line 2, column 1)",
+        ),
+        ("a: b: c\n", "not valid YAML (mapping values are not allowed here at line 1, column 5)"),
+        ("- a\n- b\n", "a config is a mapping of keys to values"),
+    ],
+)
+def test_a_config_file_that_is_not_a_config_is_one_line(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(PolypsegError) as e:
+        load_config(path)
+    assert str(e.value).endswith(message) and "\n" not in str(e.value)
+
+
 def test_encoder_needs_unetpp_and_sizes_divisible_by_32():
     cfg = load_config(overrides=["model.encoder=efficientnet-lite0", "data.height=64", "data.width=96"])
     assert cfg.model.encoder_weights == "imagenet"

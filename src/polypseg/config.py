@@ -214,8 +214,13 @@ def load_config(
     if path:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except OSError as e:
             raise PolypsegError(f"cannot read config {path}: {e}") from None
+        except yaml.YAMLError as e:  # its message spans several lines, with a drawing of the spot
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise PolypsegError(f"cannot read config {path}: not valid YAML ({what}{where})") from None
         if not isinstance(data, dict):
             raise PolypsegError(f"{path}: a config is a mapping of keys to values")
         _merge(cfg, data)
