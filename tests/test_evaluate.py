@@ -205,6 +205,8 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
     torch.save(ck, tmp_path / "unknown.pt")
     (tmp_path / "empty" / "images").mkdir(parents=True)
     (tmp_path / "empty" / "masks").mkdir()
+    binary = tmp_path / "groups.csv"
+    binary.write_bytes(b"\xff\xfe\x00")
     cases = [
         (
             ["--checkpoint", str(tmp_path / "corrupt.pt"), "--data", str(cvc_subset)],
@@ -230,6 +232,10 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
         (
             ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--groups", "nope.csv"],
             "groups file not found: nope.csv",
+        ),
+        (
+            ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--groups", str(binary)],
+            f"cannot read groups file {binary}: 'utf-8' codec can't decode",
         ),
         (
             ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset), "--threshold", "50"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from polypseg.data.layouts import discover
@@ -64,6 +66,30 @@ def test_split_json_round_trip(cvc_groups, tmp_path):
     assert t == s
     tr, va = t.indices(names)
     assert len(tr) + len(va) == 612
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfe", "cannot read split s.json: 'utf-8' codec can't decode"),
+        (
+            b"[1]",
+            "s.json: not a polypseg split (the split.json a run writes): expected a JSON object, got list",
+        ),
+        (b"{}", "s.json: not a polypseg split (the split.json a run writes): no method, seed, train, val"),
+        (
+            b'{"method": "group", "seed": 0, "train": "a", "val": []}',
+            "train and val must be lists of frame names",
+        ),
+        (b'{"method": "group", "seed": 0, "train": [], "val": [], "x": 1}', "unknown key(s) x"),
+    ],
+)
+def test_a_file_that_is_not_a_split_is_one_line(tmp_path, monkeypatch, content, message):
+    monkeypatch.chdir(tmp_path)
+    Path("s.json").write_bytes(content)
+    with pytest.raises(PolypsegError) as e:
+        Split.load("s.json")
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_leak_is_detected(cvc_groups):

@@ -10,7 +10,7 @@ import csv
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -56,7 +56,11 @@ def load_groups(dataset: Dataset, groups_csv: str | os.PathLike | None = None) -
         path = Path(groups_csv)
         if not path.is_file():
             raise PolypsegError(f"groups file not found: {path}")
-        table = _read_group_csv(path.read_text().splitlines())
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise PolypsegError(f"cannot read groups file {path}: {e}") from None
+        table = _read_group_csv(text.splitlines())
         if dataset.parts:  # a bare stem names a frame only where no other dataset has that stem
             stems = [split_name(n)[1] for n in names]
             once = {st for st, c in Counter(stems).items() if c == 1}
@@ -101,18 +105,34 @@ class Split:
         atomic.write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict) -> Split:
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise PolypsegError(f"not a polypseg split: {e}") from None
+    def from_dict(cls, d: dict, source: str = "") -> Split:
+        what = (
+            f"{source}: not a polypseg split (the split.json a run writes)"
+            if source
+            else "not a polypseg split"
+        )
+        if not isinstance(d, dict):
+            raise PolypsegError(f"{what}: expected a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("method", "seed", "train", "val") if k not in d]
+        if missing:
+            raise PolypsegError(f"{what}: no {', '.join(missing)}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise PolypsegError(f"{what}: unknown key(s) {', '.join(unknown)}")
+        split = cls(**d)
+        if not all(
+            isinstance(v, list) and all(isinstance(n, str) for n in v) for v in (split.train, split.val)
+        ):
+            raise PolypsegError(f"{what}: train and val must be lists of frame names")
+        return split
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Split:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
+            d = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise PolypsegError(f"cannot read split {path}: {e}") from None
+        return cls.from_dict(d, str(path))
 
     def indices(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Positions of the train and val frames in `names`; every split name must be present."""
