@@ -403,3 +403,29 @@ def test_ddp_two_cpu_processes(cvc_subset, subset_groups, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["world_size"] == 2 and s["epochs"] == 1
     assert r.stdout.count("best val Dice") == 1  # only rank 0 logs
+
+
+def test_ctrl_c_says_how_to_go_on(cvc_subset, subset_groups, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during a run (here: while epoch 2's last.pt is being written) exits 130 with one line that
+    names the resume command; the epoch-1 last.pt it points to resumes to the end."""
+    import polypseg.train as tr
+
+    real, calls = tr.save_atomic, []
+
+    def save_then_interrupt(ck, path):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(ck, path)
+
+    monkeypatch.setattr(tr, "save_atomic", save_then_interrupt)
+    out = tmp_path / "run"
+    assert main(_train_args(cvc_subset, out, subset_groups, "optim.epochs=3", "save_every_s=0")) == 130
+    err = capsys.readouterr().err
+    assert (
+        err == f"polypseg: interrupted; `polypseg train --resume {out}` continues from the last saved epoch\n"
+    )
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(tr, "save_atomic", real)
+    assert main(["train", "--resume", str(out), "--data", str(cvc_subset), "--no-progress"]) == 0
+    assert load_checkpoint(out / "last.pt")["epoch"] == 3

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from polypseg import __version__
 from polypseg.detection import DEFAULT_MIN_AREA
@@ -475,6 +476,18 @@ COMMANDS = {
 }
 
 
+def _resume_hint(a) -> str:
+    """How to go on after Ctrl-C, for the commands that save their progress."""
+    if a.command == "cv":
+        return "; the same command continues (finished folds are kept)"
+    if a.command != "train":
+        return ""
+    run = Path(a.resume or a.out or f"runs/{a.preset or 'train'}")
+    if (run / "last.pt").is_file():
+        return f"; `polypseg train --resume {run}` continues from the last saved epoch"
+    return f"; nothing was saved yet (--overwrite starts {run} again)" if run.is_dir() else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = COMMANDS[(args.command, getattr(args, "data_command", None))]
@@ -484,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"polypseg: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("polypseg: interrupted", file=sys.stderr)
+        print(f"polypseg: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader left (`| head`): stop quietly, as the Python docs advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
