@@ -10,7 +10,9 @@ from polypseg.errors import PolypsegError
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """ "auto", "cpu", "cuda" or "cuda:N" -> a torch.device that exists here, else a one-line error."""
+    """The torch.device for `auto`, `cpu`, `cuda` or `cuda:N` if it exists here, else a one-line error.
+
+    Only the CPU and CUDA are tested; other PyTorch backends are refused by name rather than half-run."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
