@@ -411,7 +411,7 @@ def evaluate(
         "min_score": predictor.min_score,
         "network_input": [predictor.height, predictor.width],
         "resize_note": f"{resized} of {len(rows)} frames were resized to the network's "
-        f"{predictor.width}x{predictor.height} and their probabilities resized back; "
+        f"{predictor.height}x{predictor.width} (height x width) and their probabilities resized back; "
         "metrics are at each frame's original resolution",
         "groups": group_source,
         "segmentation": seg,
