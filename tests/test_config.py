@@ -169,3 +169,21 @@ def test_every_command_has_help_with_an_example(command, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "example" in out and "  polypseg " + command[0] in out.split("example", 1)[1]
+
+
+def test_every_option_says_what_it_does():
+    """Each option of each command has a help line (argparse shows a bare flag otherwise)."""
+    import argparse
+
+    from polypseg.cli import _parser
+
+    def options(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from options(sub, f"{path} {name}")
+            elif action.option_strings and action.dest != "help":
+                yield f"{path} {action.option_strings[-1]}", action.help
+
+    bare = [name for name, text in options(_parser(), "polypseg") if not text]
+    assert not bare, bare

@@ -29,7 +29,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         help="override a config value, e.g. optim.lr=1e-3 (repeatable)",
     )
     p.add_argument("--cache-dir", help="decoded-data cache (default: ~/.cache/polypseg)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.add_argument(
         "--print-config",
         action="store_true",
@@ -57,12 +57,13 @@ def _data_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
     p.add_argument("--masks", help="explicit masks folder (with --images)")
 
 
+CHECKPOINT_HELP = "model (.pt, .safetensors, .onnx; or full/fast for the bundled models; default: full)"
+DEVICE_HELP = "auto | cpu | cuda | cuda:N (default auto: a GPU if there is one)"
+
+
 def _inference_args(p: argparse.ArgumentParser) -> None:
     """The model and inference options `evaluate` and `predict` share."""
-    p.add_argument(
-        "--checkpoint",
-        help="model (.pt, .safetensors, .onnx; or full/fast for the bundled models; default: full)",
-    )
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's)")
     p.add_argument(
         "--mode",
@@ -88,8 +89,8 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
         "every component above --threshold); higher means fewer false alarms; evaluate's detection curve "
         "shows the trade",
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--batch-size", type=int, default=8, help="frames through the network at once (default 8)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into an existing output folder")
 
 
@@ -211,21 +212,28 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         epilog="example:\n  polypseg export --checkpoint runs/full/best.pt --format onnx --out model.onnx --prune 2",
     )
-    ex.add_argument("--checkpoint")
+    ex.add_argument(
+        "--checkpoint",
+        help="model to export (.pt or .safetensors; or full/fast, the bundled models; default: full)",
+    )
     ex.add_argument(
         "--format",
         choices=["onnx", "safetensors"],
         default="onnx",
         help="onnx (with a parity check) or safetensors (fp16 weights + description, as bundled)",
     )
-    ex.add_argument("--out", required=True)
+    ex.add_argument("--out", required=True, help="the file to write (.onnx or .safetensors)")
     ex.add_argument(
         "--overwrite", action="store_true", help="replace --out (and its _int8.onnx) if it exists"
     )
     ex.add_argument(
         "--prune", type=int, help="head 1..4 (1..depth; default: the deepest); 0 = the mean of the heads"
     )
-    ex.add_argument("--dynamic-batch", action="store_true")
+    ex.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="an ONNX graph that takes any batch size (default: batch 1)",
+    )
     ex.add_argument(
         "--data",
         help="real frames for the parity check and int8 calibration (default: the default dataset; "
@@ -245,13 +253,17 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         epilog="example:\n  polypseg benchmark --device cpu --json bench.json",
     )
-    be.add_argument("--checkpoint")
-    be.add_argument("--device", default="auto")
+    be.add_argument(
+        "--checkpoint", help="a model's variants (its heads) instead of the default architectures at 288x384"
+    )
+    be.add_argument("--device", default="auto", help=DEVICE_HELP)
     be.add_argument("--height", type=int, help="input height (default: the checkpoint's, else 288)")
     be.add_argument("--width", type=int, help="input width (default: the checkpoint's, else 384)")
-    be.add_argument("--iters", type=int, default=20)
+    be.add_argument("--iters", type=int, default=20, help="timed batch-1 runs per row (default 20)")
     be.add_argument("--json", help="write results here")
-    be.add_argument("--no-onnx", action="store_true")
+    be.add_argument(
+        "--no-onnx", action="store_true", help="PyTorch only (on the CPU, ONNX Runtime is timed too)"
+    )
 
     sv = sub.add_parser(
         "serve",
@@ -259,10 +271,10 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         epilog="example:\n  polypseg serve --port 8000   # then open http://127.0.0.1:8000/",
     )
-    sv.add_argument("--checkpoint")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--device", default="auto")
+    sv.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="default 8000")
+    sv.add_argument("--device", default="auto", help=DEVICE_HELP)
     sv.add_argument(
         "--min-score",
         type=float,
