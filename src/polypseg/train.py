@@ -551,9 +551,10 @@ def _train(
                 )
                 last_save = time.perf_counter()
         if bar:
-            bar.set_postfix(
-                loss=f"{epoch_loss:.4f}", dice=row["val_dice"], best=f"{best:.4f}", img_s=row["img_per_s"]
-            )
+            shown = {"loss": f"{epoch_loss:.4f}", "img_s": row["img_per_s"]}
+            if len(x_val):  # a run on every frame (data.split_by=none) has no Dice to show
+                shown.update(dice=row["val_dice"], best=f"{best:.4f}" if best_epoch > 0 else "")
+            bar.set_postfix(shown)
             bar.update(1)
         if over_time or early or kill:
             stopped = "time limit" if over_time else "early stop" if early else "interrupted"
