@@ -329,6 +329,11 @@ def _run_source(a) -> dict:
     )
 
 
+def _train_out(a) -> str:
+    """The run folder of a new `train` run: --out, else runs/<preset or train>."""
+    return a.out or f"runs/{a.preset or 'train'}"
+
+
 def _cmd_train(a) -> int:
     from polypseg.config import config_yaml, load_config
     from polypseg.train import train
@@ -348,7 +353,7 @@ def _cmd_train(a) -> int:
         return 0
     train(
         cfg,
-        out=a.out or f"runs/{a.preset or 'train'}",
+        out=_train_out(a),
         **_run_source(a),
         overwrite=a.overwrite,
     )
@@ -494,7 +499,7 @@ def _resume_hint(a) -> str:
         return "; the same command continues (finished folds are kept)"
     if a.command != "train":
         return ""
-    run = Path(a.resume or a.out or f"runs/{a.preset or 'train'}")
+    run = Path(a.resume or _train_out(a))
     if (run / "last.pt").is_file():
         return f"; `polypseg train --resume {run}` continues from the last saved epoch"
     return f"; nothing was saved yet (--overwrite starts {run} again)" if run.is_dir() else ""
