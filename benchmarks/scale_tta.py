@@ -21,19 +21,11 @@ from polypseg import predict
 from polypseg.evaluate import evaluate
 
 
-def flip_mean(p: predict.Predictor, x: np.ndarray) -> np.ndarray:
-    """The mean of the network's output on (B, H, W, 3) frames and their two flips, as `--tta` takes it."""
-    out = p._forward(x)
-    out = out + p._forward(np.ascontiguousarray(x[:, :, ::-1]))[:, :, ::-1]
-    out = out + p._forward(np.ascontiguousarray(x[:, ::-1]))[:, ::-1]
-    return out / 3
-
-
 def multi_scale(sizes: list[tuple[int, int]]):
     def network_probabilities(self: predict.Predictor, frames: list[np.ndarray]) -> np.ndarray:
         total = np.zeros((len(frames), self.height, self.width), np.float32)
         for h, w in sizes:
-            p = flip_mean(self, np.stack([predict.resize_to(f, h, w) for f in frames]))
+            p = self.flip_mean(np.stack([predict.resize_to(f, h, w) for f in frames]))
             if (h, w) != (self.height, self.width):
                 p = np.stack(
                     [cv2.resize(q, (self.width, self.height), interpolation=cv2.INTER_LINEAR) for q in p]

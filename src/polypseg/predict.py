@@ -216,12 +216,15 @@ class Predictor:
     def network_probabilities(self, frames: list[np.ndarray]) -> np.ndarray:
         """Probabilities at the network's size for a list of RGB uint8 frames (any sizes)."""
         x = np.stack([resize_to(f, self.height, self.width) for f in frames])
-        p = self._forward(x)
-        if self.tta:
-            p = p + self._forward(np.ascontiguousarray(x[:, :, ::-1]))[:, :, ::-1]
-            p = p + self._forward(np.ascontiguousarray(x[:, ::-1]))[:, ::-1]
-            p = p / 3
+        p = self.flip_mean(x) if self.tta else self._forward(x)
         return p.astype(np.float32)
+
+    def flip_mean(self, x: np.ndarray) -> np.ndarray:
+        """Flip TTA: the mean of the network's output on (B, H, W, 3) uint8 frames and their two flips."""
+        p = self._forward(x)
+        p = p + self._forward(np.ascontiguousarray(x[:, :, ::-1]))[:, :, ::-1]
+        p = p + self._forward(np.ascontiguousarray(x[:, ::-1]))[:, ::-1]
+        return p / 3
 
     def postprocess(
         self, prob_net: np.ndarray, height: int, width: int, file: str | None = None
