@@ -25,7 +25,7 @@ def multi_scale(sizes: list[tuple[int, int]]):
     def network_probabilities(self: predict.Predictor, frames: list[np.ndarray]) -> np.ndarray:
         total = np.zeros((len(frames), self.height, self.width), np.float32)
         for h, w in sizes:
-            p = self.flip_mean(np.stack([predict.resize_to(f, h, w) for f in frames]))
+            p = self.networks[0].flip_mean(np.stack([predict.resize_to(f, h, w) for f in frames]))
             if (h, w) != (self.height, self.width):
                 p = np.stack(
                     [cv2.resize(q, (self.width, self.height), interpolation=cv2.INTER_LINEAR) for q in p]

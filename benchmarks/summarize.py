@@ -47,7 +47,8 @@ def load(eval_dir: Path) -> dict:
         )
     m = json.loads((eval_dir / "metrics.json").read_text())
     m["dir"] = eval_dir
-    ckpt = Path(m["checkpoint"])
+    # an ensemble's metrics name each model: its run is the first's
+    ckpt = Path(m["checkpoint"] if isinstance(m["checkpoint"], str) else m["checkpoint"][0])
     for cand in (ckpt.parent / "summary.json", eval_dir.parent / ckpt.parent.name / "summary.json"):
         if cand.is_file():
             m["train"] = json.loads(cand.read_text())

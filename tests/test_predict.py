@@ -227,7 +227,7 @@ def test_a_folder_named_full_does_not_shadow_the_bundled_model(tmp_path, monkeyp
     a file of that name is taken as the file."""
     from pathlib import Path
 
-    from polypseg.predict import bundled_checkpoint, resolve_checkpoint
+    from polypseg.network import bundled_checkpoint, resolve_checkpoint
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "full").mkdir()
@@ -247,7 +247,7 @@ def test_cpu_precision_follows_the_training_rule_and_keeps_the_masks(cvc):
     assert fast.precision == "fp32"
     rgb = [read_rgb(cvc / "PNG" / "Original" / f"{i}.png") for i in (5, 60, 300, 500)]
     p = full.network_probabilities(rgb)
-    full.amp = False
+    full.networks[0].amp = False
     p32 = full.network_probabilities(rgb)
     assert np.abs(p - p32).max() < 0.05
     assert ((p > 0.5) != (p32 > 0.5)).mean() < 0.002

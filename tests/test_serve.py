@@ -33,12 +33,11 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-@pytest.fixture(scope="module")
-def server(cvc):
-    """The bundled full model behind `polypseg serve`, in its own process."""
+def _serve(*args: str):
+    """`polypseg serve ARGS` in its own process on a free port, once /health answers: (base URL, process)."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "polypseg", "serve", "--port", str(port), "--device", "cpu"],
+        [sys.executable, "-m", "polypseg", "serve", "--port", str(port), "--device", "cpu", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=dict(os.environ, OMP_NUM_THREADS="2"),
@@ -54,6 +53,13 @@ def server(cvc):
     else:
         proc.kill()
         pytest.fail("server did not start: " + proc.stdout.read().decode()[-2000:])
+    return base, proc
+
+
+@pytest.fixture(scope="module")
+def server(cvc):
+    """The bundled full model behind `polypseg serve`, in its own process."""
+    base, proc = _serve()
     yield base, proc
     proc.terminate()
     proc.wait(10)
@@ -71,7 +77,7 @@ def _post(base, content, name="f.png", ctype="image/png", **params):
 def test_health_docs_page(server):
     base, _ = server
     from polypseg.checkpoint import load_checkpoint
-    from polypseg.predict import bundled_checkpoint
+    from polypseg.network import bundled_checkpoint
 
     full = load_checkpoint(bundled_checkpoint("full"))  # what the server should be running by default
     h = httpx.get(base + "/health").json()
@@ -80,6 +86,26 @@ def test_health_docs_page(server):
     assert "/predict" in httpx.get(base + "/openapi.json").json()["paths"]
     assert httpx.get(base + "/docs").status_code == 200
     assert 'id="drop"' in httpx.get(base + "/").text
+
+
+def test_an_ensemble_serves_the_mean_of_its_models(frame):
+    """Two --checkpoint: the service runs both models and says so; its masks are the ensemble's."""
+    import cv2
+    import numpy as np
+
+    from polypseg import Predictor
+
+    base, proc = _serve("--checkpoint", "full", "--checkpoint", "fast", "--min-score", "0.5")
+    try:
+        h = httpx.get(base + "/health").json()
+        assert h["output"] == "head L4, mean of 2 models" and h["min_score"] == 0.5
+        r = _post(base, frame).json()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    rgb = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    want = Predictor.from_checkpoint(["full", "fast"], device="cpu", min_score=0.5).predict(rgb)
+    assert [p["box_xyxy"] for p in r["polyps"]] == [p["box_xyxy"] for p in want.polyps] != []
 
 
 def test_predict_returns_schema_and_images(server, frame):

@@ -120,7 +120,7 @@ def run_benchmark(
             at_least_one(flag, value)
     ck = None
     if checkpoint:
-        from polypseg.predict import resolve_checkpoint
+        from polypseg.network import resolve_checkpoint
 
         ck = load_checkpoint(resolve_checkpoint(checkpoint))
         height, width = height or ck["input"]["height"], width or ck["input"]["width"]

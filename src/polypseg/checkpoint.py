@@ -89,6 +89,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a .pt or .safetensors checkpoint as a dict (weights only: no code is unpickled)."""
     path = Path(path)
     if path.is_dir():
+        if (path / "cv.json").is_file():
+            raise PolypsegError(
+                f"{path} is a cross-validation folder: pass one fold's model, such as {path / 'fold0' / 'best.pt'} "
+                "(predict, evaluate and serve take the folder itself as an ensemble)"
+            )
         hint = f" such as {path / 'best.pt'}" if (path / "best.pt").is_file() else ""
         raise PolypsegError(f"{path} is a folder: pass a checkpoint file{hint}")
     if not path.is_file():

@@ -57,13 +57,16 @@ def _data_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
     p.add_argument("--masks", help="explicit masks folder (with --images)")
 
 
-CHECKPOINT_HELP = "model (.pt, .safetensors, .onnx; or full/fast for the bundled models; default: full)"
+CHECKPOINT_HELP = (
+    "model (.pt, .safetensors, .onnx; or full/fast for the bundled models; default: full); repeat it, or "
+    "name a finished `polypseg cv` folder, for an ensemble: the mean of the models' probabilities"
+)
 DEVICE_HELP = "auto | cpu | cuda | cuda:N (default auto: a GPU if there is one)"
 
 
 def _inference_args(p: argparse.ArgumentParser) -> None:
     """The model and inference options `evaluate` and `predict` share."""
-    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--checkpoint", action="append", metavar="CKPT", help=CHECKPOINT_HELP)
     p.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's)")
     p.add_argument(
         "--mode",
@@ -271,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         epilog="example:\n  polypseg serve --port 8000   # then open http://127.0.0.1:8000/",
     )
-    sv.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    sv.add_argument("--checkpoint", action="append", metavar="CKPT", help=CHECKPOINT_HELP)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="default 8000")
     sv.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -388,8 +391,8 @@ def _prune(a) -> int | None:
     return a.prune
 
 
-def _checkpoint(a) -> str | None:
-    """--mode fast without --checkpoint means the bundled fast model (the default is the full one)."""
+def _checkpoint(a) -> list[str] | str | None:
+    """The --checkpoint list; --mode fast without one means the bundled fast model (the default: full)."""
     return a.checkpoint or ("fast" if a.mode == "fast" else None)
 
 

@@ -33,7 +33,8 @@ from polypseg.errors import PolypsegError, at_least_one
 from polypseg.imageio import read_mask, read_rgb
 from polypseg.inorder import InOrder
 from polypseg.metrics import grouped_bootstrap_ci, threshold_sweep
-from polypseg.predict import Predictor, overlay, resolve_checkpoint
+from polypseg.network import resolve_checkpoints
+from polypseg.predict import Predictor, overlay
 
 SEG_KEYS = [
     "dice",
@@ -123,29 +124,50 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
+def _one_or_list(values: list):
+    return values[0] if len(values) == 1 else values
+
+
+def _held_out(meta: dict, pairs, fp: str) -> set[str] | None:
+    """The names of this data's frames a model did not train on; None: it was not trained on this data."""
+    ds = meta.get("dataset") or {}
+    # This data is the training data, or one dataset of a training combination (its frames then
+    # named FOLDER/stem in the split).
+    part = next((k for k, v in (ds.get("parts") or {}).items() if v == fp), None)
+    if not (meta.get("split") and (ds.get("fingerprint") == fp or part)):
+        return None
+    s = Split.from_dict(meta["split"])
+    return set(s.val) if part is None else {st for d, st in map(split_name, s.val) if d == part}
+
+
 def _choose_pairs(pairs, split: str, predictor: Predictor):
     """Resolve --split into (pairs, description)."""
     if split == "all":
         return pairs, "all frames"
     if split == "test":
-        ck_split = predictor.meta.get("split")
-        ds = predictor.meta.get("dataset") or {}
         fp = content_fingerprint(pairs)
-        # This data is the training data, or one dataset of a training combination (its frames then
-        # named FOLDER/stem in the split).
-        part = next((k for k, v in (ds.get("parts") or {}).items() if v == fp), None)
-        if ck_split and (ds.get("fingerprint") == fp or part):
-            s = Split.from_dict(ck_split)
-            names = set(s.val) if part is None else {st for d, st in map(split_name, s.val) if d == part}
-            if not names:
-                raise PolypsegError(
-                    "this checkpoint was trained on every frame of this data; "
-                    "use other data or --split all (optimistic)"
-                )
-            return [
-                p for p in pairs if p.name in names
-            ], f"held-out frames of the checkpoint's split ({s.method})"
-        return pairs, "all frames (the checkpoint was not trained on this data)"
+        held = [_held_out(m, pairs, fp) for m in predictor.metas]
+        known = [h for h in held if h is not None]
+        if not known:
+            return pairs, "all frames (the checkpoint was not trained on this data)"
+        names = set.intersection(*known)
+        if not names and len(held) == 1:
+            raise PolypsegError(
+                "this checkpoint was trained on every frame of this data; "
+                "use other data or --split all (optimistic)"
+            )
+        if not names:
+            raise PolypsegError(
+                "no frame of this data is held out from every model of the ensemble (the folds of a "
+                "cross-validation each trained on the others' test frames); evaluate it on other data"
+            )
+        method = Split.from_dict(predictor.metas[held.index(known[0])]["split"]).method
+        desc = (
+            f"held-out frames of the checkpoint's split ({method})"
+            if len(held) == 1
+            else f"the frames held out from all {len(held)} models ({method} splits)"
+        )
+        return [p for p in pairs if p.name in names], desc
     s = Split.load(split)
     names = set(s.val)
     chosen = [p for p in pairs if p.name in names]
@@ -288,10 +310,10 @@ def evaluate(
     metrics.json gives recall and false alarms at other minimum scores.
     """
     at_least_one("--batch-size", batch_size)
-    ckpt_path = resolve_checkpoint(checkpoint)
+    ckpt_paths = resolve_checkpoints(checkpoint)
     out_dir = atomic.claim_output_dir(out, overwrite, "pass --overwrite to replace its contents")
     predictor = Predictor.from_checkpoint(
-        ckpt_path,
+        ckpt_paths,
         device=device,
         prune=prune,
         threshold=threshold,
@@ -394,8 +416,9 @@ def evaluate(
     pr_rec = tp_c / max(1.0, float(pooled_pos.sum()))
 
     metrics = {
-        "checkpoint": str(ckpt_path),
-        "checkpoint_sha256": sha256_of(ckpt_path),
+        # one model: its path and hash; an ensemble: lists of them
+        "checkpoint": _one_or_list([str(c) for c in ckpt_paths]),
+        "checkpoint_sha256": _one_or_list([sha256_of(c) for c in ckpt_paths]),
         "model": predictor.meta.get("arch"),
         "prune": predictor.prune,
         "head": predictor.head,

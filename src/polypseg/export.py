@@ -100,7 +100,7 @@ def load_onnx(path: str | os.PathLike):
 def _load(checkpoint: str | None, min_score: float | None) -> tuple[dict, Path]:
     """The checkpoint to export, with the operating point it is to carry (`--min-score`), if one is given,
     and the file it came from."""
-    from polypseg.predict import resolve_checkpoint
+    from polypseg.network import resolve_checkpoint
 
     src = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(src)

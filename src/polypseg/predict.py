@@ -21,7 +21,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -29,7 +28,6 @@ import numpy as np
 import torch
 
 from polypseg import atomic
-from polypseg.checkpoint import build_model, describe, load_checkpoint
 from polypseg.detection import (
     DEFAULT_MIN_AREA,
     Component,
@@ -40,7 +38,6 @@ from polypseg.detection import (
     parse_min_area,
     peaks,
 )
-from polypseg.devices import device_name, pick_device, use_bf16
 from polypseg.errors import PolypsegError, at_least_one
 from polypseg.imageio import (
     VIDEO_EXTENSIONS,
@@ -52,26 +49,18 @@ from polypseg.imageio import (
     write_png,
 )
 from polypseg.inorder import InOrder
-from polypseg.models import head_name
-
-BUNDLED = {"full": "unetpp_cvc.safetensors", "fast": "unetpp_fast_cvc.safetensors"}
+from polypseg.network import Network, resolve_checkpoints
 
 
-def bundled_checkpoint(which: str = "full") -> Path:
-    path = Path(str(resources.files("polypseg").joinpath("weights", BUNDLED[which])))
-    if not path.is_file():
-        raise PolypsegError("no bundled model in this install; pass --checkpoint")
-    return path
-
-
-def resolve_checkpoint(path: str | os.PathLike | None, default: str = "full") -> Path:
-    """A checkpoint path; None or the names "full"/"fast" (with no such file: a folder of that name, such
-    as a run folder, does not count) mean the bundled models."""
-    if path is None:
-        return bundled_checkpoint(default)
-    if str(path) in BUNDLED and not Path(path).is_file():
-        return bundled_checkpoint(str(path))
-    return Path(path)
+def _agreed(metas: list[dict], key: str, default, flag: str):
+    """The value every model of an ensemble stores for `key` (its operating point), else a one-line error."""
+    values = {m.get(key) if m.get(key) is not None else default for m in metas}
+    if len(values) > 1:
+        raise PolypsegError(
+            f"the models store different {key.replace('_', ' ')}s ({', '.join(map(str, sorted(values)))}); "
+            f"choose one with {flag}"
+        )
+    return values.pop()
 
 
 @dataclass
@@ -100,58 +89,54 @@ class Prediction:
         }
 
 
-def _head(meta: dict) -> str:
-    kwargs = (meta.get("arch") or {}).get("kwargs", {})
-    return head_name(
-        int(meta.get("prune", 0)), bool(kwargs.get("deep_supervision", False)), kwargs.get("depth", 4)
-    )
-
-
 class Predictor:
-    """Run a polyp model on RGB uint8 frames.
+    """Run a polyp model, or an ensemble of models, on RGB uint8 frames.
 
     Example:
         >>> p = Predictor.from_checkpoint("runs/full/best.pt", device="cpu")
         >>> result = p.predict(rgb)          # rgb: (H, W, 3) uint8
         >>> result.to_json()["polyps"]
+        >>> five = Predictor.from_checkpoint("runs/cv")  # a `polypseg cv` folder: its folds' mean
     """
 
     def __init__(
         self,
-        net,
-        meta: dict,
-        device: torch.device,
+        networks: list[Network],
         threshold: float | None = None,
         tta: bool = False,
         min_area: int | str = DEFAULT_MIN_AREA,
-        onnx_session=None,
         min_score: float | None = None,
     ):
-        self.net = net
-        self.session = onnx_session
-        self.meta = meta
-        self.device = device
-        self.height = int(meta["input"]["height"])
-        self.width = int(meta["input"]["width"])
-        self.threshold = float(threshold if threshold is not None else meta.get("threshold", 0.5))
+        self.networks = networks
+        first = networks[0]
+        self.meta = first.meta  # the first model's description: its split, groups and architecture
+        self.metas = [n.meta for n in networks]
+        self.device = first.device
+        # An ensemble averages its models' probabilities on the first model's grid.
+        self.height, self.width = first.height, first.width
+        if threshold is None:
+            threshold = _agreed(self.metas, "threshold", 0.5, "--threshold")
+        self.threshold = float(threshold)
         self.tta = tta
         self.min_area = min_area
-        # None: the operating point stored in the checkpoint (`export --min-score`), else 0
-        self.min_score = check_min_score(meta.get("min_score", 0.0) if min_score is None else min_score)
-        self.prune = int(meta.get("prune", 0))  # 0: the mean of the heads (or a single-head model)
-        self.head = _head(meta)
-        # bf16 where the training loop uses it (CUDA; a CPU with native bf16 and no depthwise convolutions)
-        self.amp = net is not None and use_bf16(device, net)
+        # None: the operating point stored in the checkpoints (`export --min-score`), else 0
+        if min_score is None:
+            min_score = _agreed(self.metas, "min_score", 0.0, "--min-score")
+        self.min_score = check_min_score(min_score)
+        self.prune = first.prune
+        self.head = " + ".join(dict.fromkeys(n.head for n in networks))
 
     @property
     def output(self) -> str:
-        """What this predictor returns, in words, for reports: 'head L4', 'head L4, flip TTA'..."""
-        return self.head + (", flip TTA" if self.tta else "")
+        """What this predictor returns, in words, for reports: 'head L4', 'head L4, flip TTA',
+        'head L4, mean of 5 models'..."""
+        many = f", mean of {len(self.networks)} models" if len(self.networks) > 1 else ""
+        return self.head + many + (", flip TTA" if self.tta else "")
 
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | os.PathLike | None = None,
+        path=None,
         device: str = "auto",
         prune: int | None = None,
         threshold: float | None = None,
@@ -159,72 +144,33 @@ class Predictor:
         min_area: int | str = DEFAULT_MIN_AREA,
         min_score: float | None = None,
     ) -> Predictor:
-        """`path`: a .pt, .safetensors or .onnx file, or "full"/"fast" (None: the bundled full model).
-        `prune`: None = the deepest head alone, 0 = the mean of the heads, 1..depth = that head's
-        sub-network (an ONNX model is fixed to the head it was exported with). `min_score`: None = the
-        checkpoint's (0 unless it was exported with one)."""
+        """`path`: a .pt, .safetensors or .onnx file, "full"/"fast" (None: the bundled full model), a
+        finished `polypseg cv` folder, or a list of these: several models are an ensemble, the mean of
+        their probabilities. `prune`: None = the deepest head alone, 0 = the mean of the heads,
+        1..depth = that head's sub-network (an ONNX model is fixed to the head it was exported with).
+        `threshold`, `min_score`: None = the checkpoints' (0 unless exported with one); an ensemble's
+        models must agree on them, or they are given here."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise PolypsegError(f"threshold must be in 0..1 (a probability), got {threshold}")
         parse_min_area(min_area)  # pixels or a share of the frame; a bad value is named here
         if min_score is not None:
             check_min_score(min_score)
-        path = resolve_checkpoint(path)
-        if path.suffix == ".onnx":
-            from polypseg.export import load_onnx
-
-            session, meta = load_onnx(path)
-            if prune is not None and prune != meta.get("prune", 0):
-                raise PolypsegError(
-                    f"this ONNX model is fixed to {_head(meta)}; export it again with --prune instead"
-                )
-            return cls(
-                None,
-                meta,
-                torch.device("cpu"),
-                threshold,
-                tta,
-                min_area,
-                onnx_session=session,
-                min_score=min_score,
-            )
-        ckpt = load_checkpoint(path)
-        dev = pick_device(device)
-        # channels_last is faster on CUDA and, with PyTorch 2.13's oneDNN, on the CPU too (NOTES.md 36).
-        model = build_model(ckpt, prune).to(dev).to(memory_format=torch.channels_last)
-        meta = describe(ckpt)
-        meta["checkpoint_path"] = str(path)
-        meta["prune"] = getattr(model, "prune", 0)
-        return cls(model, meta, dev, threshold, tta, min_area, min_score=min_score)
-
-    @torch.no_grad()
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 at network size -> (B, H, W) float32 probabilities."""
-        if self.session is not None:
-            inp = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-            spec = self.session.get_inputs()[0]
-            # A model exported without --dynamic-batch takes a fixed batch: feed it that many at a time.
-            step = spec.shape[0] if isinstance(spec.shape[0], int) else len(inp)
-            outs = [
-                self.session.run(None, {spec.name: inp[i : i + step]})[0] for i in range(0, len(inp), step)
-            ]
-            return np.concatenate(outs)[:, 0]
-        t = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float()
-        t = t.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return torch.sigmoid(self.net(t).float())[:, 0].cpu().numpy()
+        networks = [Network.load(p, device, prune) for p in resolve_checkpoints(path)]
+        return cls(networks, threshold, tta, min_area, min_score=min_score)
 
     def network_probabilities(self, frames: list[np.ndarray]) -> np.ndarray:
-        """Probabilities at the network's size for a list of RGB uint8 frames (any sizes)."""
-        x = np.stack([resize_to(f, self.height, self.width) for f in frames])
-        p = self.flip_mean(x) if self.tta else self._forward(x)
-        return p.astype(np.float32)
-
-    def flip_mean(self, x: np.ndarray) -> np.ndarray:
-        """Flip TTA: the mean of the network's output on (B, H, W, 3) uint8 frames and their two flips."""
-        p = self._forward(x)
-        p = p + self._forward(np.ascontiguousarray(x[:, :, ::-1]))[:, :, ::-1]
-        p = p + self._forward(np.ascontiguousarray(x[:, ::-1]))[:, ::-1]
-        return p / 3
+        """Probabilities at the network's size for a list of RGB uint8 frames (any sizes); an ensemble's
+        mean, each model seeing the frames at its own input size."""
+        total = np.zeros((len(frames), self.height, self.width), np.float32)
+        for n in self.networks:
+            x = np.stack([resize_to(f, n.height, n.width) for f in frames])
+            p = n.flip_mean(x) if self.tta else n(x)
+            if p.shape[1:] != (self.height, self.width):
+                p = np.stack(
+                    [cv2.resize(q, (self.width, self.height), interpolation=cv2.INTER_LINEAR) for q in p]
+                )
+            total += p
+        return total / len(self.networks)
 
     def postprocess(
         self, prob_net: np.ndarray, height: int, width: int, file: str | None = None
@@ -271,13 +217,11 @@ class Predictor:
         return self.predict_batch([frame])[0]
 
     def device_name(self) -> str:
-        if self.session is not None:
-            return f"CPU (ONNX Runtime, {self.session.get_providers()[0]})"
-        return device_name(self.device)
+        return self.networks[0].device_name()
 
     @property
     def precision(self) -> str:
-        return "bf16 autocast" if self.amp else "fp32"
+        return self.networks[0].precision
 
 
 def overlay(rgb: np.ndarray, pred: Prediction) -> np.ndarray:
