@@ -314,6 +314,7 @@ def cross_validate(
     atomic.write_json(out / "cv.json", result)
     print(format_table(result))
     print(f"results: {out / 'cv.json'}")
+    print(f"the {k} folds' models as one ensemble, for data none of them trained on: --checkpoint {out}")
     return result
 
 
