@@ -24,6 +24,46 @@ class _Images(HTMLParser):
         self.tables += tag == "table"
 
 
+def test_training_frames_are_found_by_their_pixels_in_any_copy(cvc, tmp_path, capsys):
+    """Six CVC-ClinicDB frames re-saved under other names in another layout: the bundled fast model trained
+    on three of them (its grouped fold 0 held out the others). `--split test` scores only the three it
+    never saw; the full model, trained on all 612, is refused; `--split all` says it is optimistic."""
+    import cv2
+
+    from polypseg.checkpoint import load_checkpoint
+    from polypseg.imageio import read_mask, read_rgb
+    from polypseg.network import bundled_checkpoint
+
+    split = load_checkpoint(bundled_checkpoint("fast"))["split"]
+    frames = sorted(split["val"], key=int)[:3] + sorted(split["train"], key=int)[:3]
+    data = tmp_path / "copy"
+    for d in ("images", "masks"):
+        (data / d).mkdir(parents=True)
+    for i, n in enumerate(frames):
+        rgb = read_rgb(cvc / "PNG" / "Original" / f"{n}.png")
+        cv2.imwrite(str(data / "images" / f"case{i}.png"), rgb[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        cv2.imwrite(
+            str(data / "masks" / f"case{i}.png"), read_mask(cvc / "PNG" / "Ground Truth" / f"{n}.png") * 255
+        )
+    args = ["--data", data, "--device", "cpu"]
+    assert cli("evaluate", "fast", *args, "--out", tmp_path / "e") == 0
+    screen = capsys.readouterr().out
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["frames"] == 3 and m["split"] == (
+        "the frames the checkpoint was not trained on: 3 of the 6 are training frames, found by their "
+        "pixels, and left out"
+    )
+    names = [r["name"] for r in csv.DictReader(open(tmp_path / "e" / "per_image.csv"))]
+    assert sorted(names) == ["case0", "case1", "case2"] and m["split"] in screen
+
+    assert cli("evaluate", "full", *args, "--out", tmp_path / "f") == 2
+    assert "this checkpoint was trained on every frame of this data" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()
+    assert cli("evaluate", "fast", *args, "--split", "all", "--out", tmp_path / "a") == 0
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["frames"] == 6 and m["split"] == "all frames (3 of them the checkpoint trained on: optimistic)"
+
+
 def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     out = tmp_path / "eval"
     assert cli("evaluate", tiny_run / "best.pt", "--data", cvc_subset, "--out", out, "--device", "cpu") == 0

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +50,13 @@ def test_checkpoint_describes_itself(tiny_run):
     assert ck["dataset"]["fingerprint"] and ck["split"]["val"] and ck["config"]["optim"]["epochs"] == 2
     assert "val_dice" in ck["metrics"] and "optimizer" not in ck
     assert "optimizer" in load_checkpoint(tiny_run / "last.pt")
+    # The training frames by their pixels (evaluate recognises them in any copy): those of the split's train.
+    from polypseg.data.cache import frame_hash
+    from polypseg.imageio import read_rgb
+
+    images = {p.stem: p for p in (Path(ck["dataset"]["root"]) / "images").iterdir()}
+    want = sorted({frame_hash(read_rgb(images[n])) for n in ck["split"]["train"]})
+    assert ck["dataset"]["trained_frames"] == want and len(want) == len(ck["split"]["train"])
 
 
 def _straight_and_resumed(overrides: list[str], data, tmp_path) -> tuple[dict, dict]:

@@ -24,7 +24,7 @@ import torch
 from scipy import ndimage, stats
 
 from polypseg import atomic, detection
-from polypseg.data.cache import content_fingerprint
+from polypseg.data.cache import content_fingerprint, frame_hashes
 from polypseg.data.download import sha256_of
 from polypseg.data.layouts import discover, split_name
 from polypseg.data.splits import Split, load_groups
@@ -140,34 +140,61 @@ def _held_out(meta: dict, pairs, fp: str) -> set[str] | None:
     return set(s.val) if part is None else {st for d, st in map(split_name, s.val) if d == part}
 
 
+def _trained_on(predictor: Predictor, pairs) -> set[str]:
+    """The names of the frames of `pairs` that any of the models trained on, found by their pixels
+    (checkpoints list their training frames' hashes: a copy, subset or renamed part of the training data
+    is recognised too). Empty for checkpoints from before the hashes."""
+    trained = set().union(
+        *(set((m.get("dataset") or {}).get("trained_frames") or ()) for m in predictor.metas)
+    )
+    if not trained or not pairs:
+        return set()
+    return {p.name for p, h in zip(pairs, frame_hashes(pairs)) if h in trained}
+
+
 def _choose_pairs(pairs, split: str, predictor: Predictor):
     """Resolve --split into (pairs, description)."""
+    one = len(predictor.metas) == 1
     if split == "all":
-        return pairs, "all frames"
+        seen = len(_trained_on(predictor, pairs))
+        who = "the checkpoint" if one else "a model"
+        return pairs, "all frames" + (f" ({seen} of them {who} trained on: optimistic)" if seen else "")
     if split == "test":
         fp = content_fingerprint(pairs)
         held = [_held_out(m, pairs, fp) for m in predictor.metas]
         known = [h for h in held if h is not None]
-        if not known:
-            return pairs, "all frames (the checkpoint was not trained on this data)"
-        names = set.intersection(*known)
-        if not names and len(held) == 1:
+        chosen = [p for p in pairs if all(p.name in h for h in known)]
+        seen = _trained_on(predictor, chosen)
+        chosen = [p for p in chosen if p.name not in seen]
+        if not chosen and one:
             raise PolypsegError(
                 "this checkpoint was trained on every frame of this data; "
                 "use other data or --split all (optimistic)"
             )
-        if not names:
+        if not chosen:
             raise PolypsegError(
                 "no frame of this data is held out from every model of the ensemble (the folds of a "
                 "cross-validation each trained on the others' test frames); evaluate it on other data"
             )
-        method = Split.from_dict(predictor.metas[held.index(known[0])]["split"]).method
-        desc = (
-            f"held-out frames of the checkpoint's split ({method})"
-            if len(held) == 1
-            else f"the frames held out from all {len(held)} models ({method} splits)"
-        )
-        return [p for p in pairs if p.name in names], desc
+        if known:
+            method = Split.from_dict(predictor.metas[held.index(known[0])]["split"]).method
+            desc = (
+                f"held-out frames of the checkpoint's split ({method})"
+                if one
+                else f"the frames held out from all {len(held)} models ({method} splits)"
+            )
+            if seen:
+                desc += f", less {len(seen)} found by their pixels among the training frames"
+        elif seen:
+            who = "the checkpoint was not" if one else "none of the models was"
+            desc = (
+                f"the frames {who} trained on: {len(seen)} of the {len(pairs)} are training frames, "
+                "found by their pixels, and left out"
+            )
+        else:
+            who = "the checkpoint was" if one else "none of the models was"
+            desc = f"all frames ({who} trained on this data)"
+        return chosen, desc
     s = Split.load(split)
     names = set(s.val)
     chosen = [p for p in pairs if p.name in names]

@@ -143,6 +143,8 @@ def prepare_data(
         "frames": len(pairs),
         "fingerprint": content_fingerprint(pairs),
         "groups": group_source,
+        # the pixels of every training frame, so that evaluate recognises them in any copy or subset
+        "trained_frames": sorted({decoded.hashes[i] for i in train_idx}),
     }
     if dataset.parts:  # each dataset's own fingerprint, so `evaluate --split test` knows one alone too
         good = {p.name for p in pairs}
