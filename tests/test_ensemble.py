@@ -88,13 +88,13 @@ def test_a_cv_folder_is_its_folds_ensemble(tiny_cv, cvc_subset, tmp_path, capsys
     assert m["checkpoint"] == [str(folds[0])] * 2 and len(m["checkpoint_sha256"]) == 2
     single = json.loads((tiny_cv / "fold0" / "eval" / "metrics.json").read_text())
     assert m["segmentation"]["dice"] == pytest.approx(single["segmentation"]["dice"], abs=1e-6)
-    # With a model that never saw this data, the frames are still those fold 0 held out.
-    mixed = ["evaluate", "--checkpoint", str(folds[0]), "--checkpoint", "fast", "--min-score", "0"]
-    assert main([*mixed, *args[3:], "--out", str(tmp_path / "em")]) == 0
-    m = json.loads((tmp_path / "em" / "metrics.json").read_text())
-    assert m["frames"] == len(val0) and m["output"] == "head L4, mean of 2 models"
-    report = (tmp_path / "em" / "report.html").read_text()
+    report = (tmp_path / "e0" / "report.html").read_text()
     assert "Ensemble of 2 models" in report and str(folds[0]) in report
+    # The bundled fast model trained on all 40 of these CVC-ClinicDB frames (found by their pixels, in
+    # this copy under another layout): beside it, no frame is held out.
+    mixed = ["evaluate", "--checkpoint", str(folds[0]), "--checkpoint", "fast", "--min-score", "0"]
+    assert main([*mixed, *args[3:], "--out", str(tmp_path / "em")]) == 2
+    assert "no frame of this data is held out from every model" in capsys.readouterr().err
 
     # The whole folder on every frame (labelled optimistic by --split all), and predict with it.
     assert main([*args, "--split", "all", "--out", str(tmp_path / "ea")]) == 0
@@ -105,10 +105,28 @@ def test_a_cv_folder_is_its_folds_ensemble(tiny_cv, cvc_subset, tmp_path, capsys
     assert (tmp_path / "p" / f"{img.stem}.json").is_file()
     capsys.readouterr()
 
-    # export takes one model: a cv folder is named as one, with the fold to pass instead.
-    assert main(["export", "--checkpoint", str(tiny_cv), "--out", str(tmp_path / "m.onnx")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (
-        f"polypseg: error: {tiny_cv} is a cross-validation folder: pass one fold's model, such as "
-        f"{tiny_cv / 'fold0' / 'best.pt'} (predict, evaluate and serve take the folder itself as an ensemble)"
+    # export: one ONNX graph of the folds' mean, with parity on real frames; it runs as the ensemble did,
+    # and knows every frame either fold trained on.
+    onnx = tmp_path / "cv.onnx"
+    assert main(["export", "--checkpoint", str(tiny_cv), "--data", str(cvc_subset), "--out", str(onnx)]) == 0
+    assert "max |p_onnx - p_torch|" in capsys.readouterr().out
+    g = Predictor.from_checkpoint(str(onnx))
+    assert g.output == "head L4, mean of 2 models" and len(g.networks) == 1
+    frames = [read_rgb(f) for f in sorted((cvc_subset / "images").iterdir())[:4]]
+    for n in p.networks:
+        n.amp = False  # ONNX Runtime runs in fp32; PyTorch on a CPU with native bf16 runs in bf16
+    np.testing.assert_allclose(g.network_probabilities(frames), p.network_probabilities(frames), atol=1e-5)
+    assert [e["checkpoint"] for e in g.meta["ensemble"]] == [str(f) for f in folds]
+    assert main([*args[:2], str(onnx), *args[3:], "--out", str(tmp_path / "eo")]) == 2
+    assert "trained on every frame of this data" in capsys.readouterr().err
+
+    # What one graph cannot be: two input sizes, or a safetensors file of several models.
+    assert (
+        main(["export", "--checkpoint", "full", "--checkpoint", "fast", "--out", str(tmp_path / "x.onnx")])
+        == 2
     )
+    assert "an ONNX ensemble takes one input size; these models take 64x96, 96x128" in capsys.readouterr().err
+    st = ["export", "--checkpoint", str(tiny_cv), "--format", "safetensors", "--out", str(tmp_path / "x.st")]
+    assert main(st) == 2
+    assert "a safetensors file holds one model" in capsys.readouterr().err
+    assert not list(tmp_path.glob("x.*"))

@@ -92,7 +92,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         if (path / "cv.json").is_file():
             raise PolypsegError(
                 f"{path} is a cross-validation folder: pass one fold's model, such as {path / 'fold0' / 'best.pt'} "
-                "(predict, evaluate and serve take the folder itself as an ensemble)"
+                "(predict, evaluate, serve and export take the folder itself as an ensemble)"
             )
         hint = f" such as {path / 'best.pt'}" if (path / "best.pt").is_file() else ""
         raise PolypsegError(f"{path} is a folder: pass a checkpoint file{hint}")

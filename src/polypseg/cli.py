@@ -217,7 +217,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     ex.add_argument(
         "--checkpoint",
-        help="model to export (.pt or .safetensors; or full/fast, the bundled models; default: full)",
+        action="append",
+        metavar="CKPT",
+        help="model to export (.pt or .safetensors; or full/fast, the bundled models; default: full); "
+        "repeat it, or name a finished `polypseg cv` folder, for one ONNX graph of their mean (one input size)",
     )
     ex.add_argument(
         "--format",

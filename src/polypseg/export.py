@@ -20,19 +20,26 @@ from polypseg.checkpoint import build_model, describe, load_checkpoint, save_saf
 from polypseg.detection import check_min_score
 from polypseg.errors import PolypsegError
 from polypseg.imageio import read_rgb, resize_to
+from polypseg.network import agreed, resolve_checkpoints
 
 OPSET = 17
 
 
 class ProbabilityModel(nn.Module):
-    """uint8 RGB batch -> probabilities: the whole inference graph in one module."""
+    """uint8 RGB batch -> probabilities: the whole inference graph in one module; with several models (an
+    ensemble of one input size), the mean of their probabilities."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *more: nn.Module):
         super().__init__()
         self.model = model
+        self.more = nn.ModuleList(more)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(image.float()))
+        x = image.float()
+        p = torch.sigmoid(self.model(x))
+        for m in self.more:
+            p = p + torch.sigmoid(m(x))
+        return p / (1 + len(self.more))
 
 
 def _sample_frames(data, height: int, width: int, n: int = 4) -> np.ndarray:
@@ -97,24 +104,56 @@ def load_onnx(path: str | os.PathLike):
     return session, desc
 
 
-def _load(checkpoint: str | None, min_score: float | None) -> tuple[dict, Path]:
-    """The checkpoint to export, with the operating point it is to carry (`--min-score`), if one is given,
-    and the file it came from."""
-    from polypseg.network import resolve_checkpoint
-
-    src = resolve_checkpoint(checkpoint)
-    ckpt = load_checkpoint(src)
+def _load(checkpoint, min_score: float | None) -> tuple[list[dict], list[Path]]:
+    """The checkpoints to export (one, or an ensemble's: --checkpoint repeated or a cv folder), with the
+    operating point they are to carry (`--min-score`), if one is given, and the files they came from."""
+    srcs = resolve_checkpoints(checkpoint)
+    ckpts = [load_checkpoint(src) for src in srcs]
     if min_score is not None:
-        ckpt["min_score"] = check_min_score(min_score)
-    return ckpt, src
+        for ckpt in ckpts:
+            ckpt["min_score"] = check_min_score(min_score)
+    return ckpts, srcs
+
+
+def _ensemble_description(ckpts: list[dict], srcs: list[Path], models: list[nn.Module]) -> dict:
+    """One description for an ensemble's graph: the first model's, with the union of the models' training
+    frames (so that evaluate leaves out any frame one of them trained on), and each model named."""
+    sizes = {(c["input"]["height"], c["input"]["width"]) for c in ckpts}
+    if len(sizes) > 1:
+        raise PolypsegError(
+            "an ONNX ensemble takes one input size; these models take "
+            + ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
+        )
+    agreed(ckpts, "threshold", 0.5, "an ensemble's models must agree on it")
+    agreed(ckpts, "min_score", 0.0, "choose one with --min-score")
+    desc = describe(ckpts[0])
+    if len(ckpts) > 1:
+        from polypseg.data.download import sha256_of
+
+        listed = [(c.get("dataset") or {}).get("trained_frames") for c in ckpts]
+        if any(c.get("split") != ckpts[0].get("split") for c in ckpts):
+            if not all(listed):
+                raise PolypsegError(
+                    "these models were trained on different splits by a polypseg that did not list their "
+                    "training frames: one graph of them could not tell evaluate which frames it saw; "
+                    "export them one by one"
+                )
+            desc.pop("split", None)  # no one split: the training frames' hashes say what each model saw
+        frames = set().union(*(set(f or ()) for f in listed))
+        desc["dataset"] = {**(desc.get("dataset") or {}), "trained_frames": sorted(frames)}
+        desc["ensemble"] = [{"checkpoint": str(s), "sha256": sha256_of(s)} for s in srcs]
+    desc["prune"] = getattr(models[0], "prune", 0)
+    return desc
 
 
 def export_safetensors(
     checkpoint: str | None, out: str, min_score: float | None = None, overwrite: bool = False
 ) -> None:
     """fp16 weights and the description, the format the bundled models ship in."""
-    ckpt, src = _load(checkpoint, min_score)
-    save_safetensors(ckpt, atomic.claim_output_file(out, overwrite, [src]))
+    ckpts, srcs = _load(checkpoint, min_score)
+    if len(ckpts) > 1:
+        raise PolypsegError("a safetensors file holds one model; export an ensemble with --format onnx")
+    save_safetensors(ckpts[0], atomic.claim_output_file(out, overwrite, srcs))
 
 
 def export_onnx(
@@ -133,18 +172,17 @@ def export_onnx(
     The file is put in place only once the check has passed; an existing one is kept unless `overwrite`."""
     import onnx
 
-    ckpt, src = _load(checkpoint, min_score)
-    model = build_model(ckpt, prune)
-    h, w = ckpt["input"]["height"], ckpt["input"]["width"]
+    ckpts, srcs = _load(checkpoint, min_score)
+    models = [build_model(ckpt, prune) for ckpt in ckpts]
+    desc = _ensemble_description(ckpts, srcs, models)
+    h, w = desc["input"]["height"], desc["input"]["width"]
     # Every frame the checks need is read first: missing data fails before a file is written.
     frames, kind = _parity_frames(data, h, w) if verify else (None, "")
     calibration = _sample_frames(data, h, w, n=16) if quantize == "int8" else None
-    wrapper = ProbabilityModel(model).eval()
-    out_path = atomic.claim_output_file(out, overwrite, [src])
+    wrapper = ProbabilityModel(*models).eval()
+    out_path = atomic.claim_output_file(out, overwrite, srcs)
     if quantize == "int8":
-        atomic.claim_output_file(int8_path(out_path), overwrite, [src])
-    desc = describe(ckpt)
-    desc["prune"] = getattr(model, "prune", 0)
+        atomic.claim_output_file(int8_path(out_path), overwrite, srcs)
     desc["onnx"] = {
         "input": "image (B,3,H,W) uint8 RGB",
         "output": "probability (B,1,H,W) float32",
@@ -156,7 +194,7 @@ def export_onnx(
         entry = m.metadata_props.add()
         entry.key, entry.value = "polypseg", json.dumps(desc)
         onnx.save(m, str(tmp))
-        report = {"onnx": str(out_path), "input_size": [h, w], "prune": desc["prune"]}
+        report = {"onnx": str(out_path), "input_size": [h, w], "prune": desc["prune"], "models": len(models)}
         if verify:
             session, _ = load_onnx(tmp)
             with torch.no_grad():

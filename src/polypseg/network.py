@@ -63,6 +63,16 @@ def resolve_checkpoints(spec) -> list[Path]:
     return paths
 
 
+def agreed(metas: list[dict], key: str, default, hint: str):
+    """The value every model of an ensemble stores for `key` (its operating point), else a one-line error
+    that ends with `hint`."""
+    values = {m.get(key) if m.get(key) is not None else default for m in metas}
+    if len(values) > 1:
+        shown = ", ".join(map(str, sorted(values)))
+        raise PolypsegError(f"the models store different {key.replace('_', ' ')}s ({shown}); {hint}")
+    return values.pop()
+
+
 def head_of(meta: dict) -> str:
     kwargs = (meta.get("arch") or {}).get("kwargs", {})
     return head_name(
@@ -82,6 +92,7 @@ class Network:
         self.width = int(meta["input"]["width"])
         self.prune = int(meta.get("prune", 0))  # 0: the mean of the heads (or a single-head model)
         self.head = head_of(meta)
+        self.models = len(meta.get("ensemble") or [meta])  # an ONNX graph may hold an ensemble's mean
         # bf16 where the training loop uses it (CUDA; a CPU with native bf16 and no depthwise convolutions)
         self.amp = net is not None and use_bf16(device, net)
 

@@ -49,18 +49,7 @@ from polypseg.imageio import (
     write_png,
 )
 from polypseg.inorder import InOrder
-from polypseg.network import Network, resolve_checkpoints
-
-
-def _agreed(metas: list[dict], key: str, default, flag: str):
-    """The value every model of an ensemble stores for `key` (its operating point), else a one-line error."""
-    values = {m.get(key) if m.get(key) is not None else default for m in metas}
-    if len(values) > 1:
-        raise PolypsegError(
-            f"the models store different {key.replace('_', ' ')}s ({', '.join(map(str, sorted(values)))}); "
-            f"choose one with {flag}"
-        )
-    return values.pop()
+from polypseg.network import Network, agreed, resolve_checkpoints
 
 
 @dataclass
@@ -115,13 +104,13 @@ class Predictor:
         # An ensemble averages its models' probabilities on the first model's grid.
         self.height, self.width = first.height, first.width
         if threshold is None:
-            threshold = _agreed(self.metas, "threshold", 0.5, "--threshold")
+            threshold = agreed(self.metas, "threshold", 0.5, "choose one with --threshold")
         self.threshold = float(threshold)
         self.tta = tta
         self.min_area = min_area
         # None: the operating point stored in the checkpoints (`export --min-score`), else 0
         if min_score is None:
-            min_score = _agreed(self.metas, "min_score", 0.0, "--min-score")
+            min_score = agreed(self.metas, "min_score", 0.0, "choose one with --min-score")
         self.min_score = check_min_score(min_score)
         self.prune = first.prune
         self.head = " + ".join(dict.fromkeys(n.head for n in networks))
@@ -130,7 +119,8 @@ class Predictor:
     def output(self) -> str:
         """What this predictor returns, in words, for reports: 'head L4', 'head L4, flip TTA',
         'head L4, mean of 5 models'..."""
-        many = f", mean of {len(self.networks)} models" if len(self.networks) > 1 else ""
+        models = sum(n.models for n in self.networks)
+        many = f", mean of {models} models" if models > 1 else ""
         return self.head + many + (", flip TTA" if self.tta else "")
 
     @classmethod
