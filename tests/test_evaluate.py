@@ -24,7 +24,7 @@ class _Images(HTMLParser):
         self.tables += tag == "table"
 
 
-def test_training_frames_are_found_by_their_pixels_in_any_copy(cvc, tmp_path, capsys):
+def test_training_frames_are_found_by_their_pixels_in_any_copy(cvc, polypgen, tmp_path, capsys):
     """Six CVC-ClinicDB frames re-saved under other names in another layout: the bundled fast model trained
     on three of them (its grouped fold 0 held out the others). `--split test` scores only the three it
     never saw; the full model, trained on all 612, is refused; `--split all` says it is optimistic."""
@@ -62,6 +62,17 @@ def test_training_frames_are_found_by_their_pixels_in_any_copy(cvc, tmp_path, ca
     assert cli("evaluate", "fast", *args, "--split", "all", "--out", tmp_path / "a") == 0
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert m["frames"] == 6 and m["split"] == "all frames (3 of them the checkpoint trained on: optimistic)"
+
+    # Frames it never trained on (two PolypGen-val ones, by name and by pixels): all of them, and it says so.
+    other = tmp_path / "other"
+    for d in ("images", "masks"):
+        (other / d).mkdir(parents=True)
+    for name in ("106OLCV1_100H0014", "10_endocv2021_positive_1006"):
+        for d, suffix in (("images", ""), ("masks", "_mask")):
+            (other / d / f"{name}{suffix}.jpg").symlink_to(polypgen / d / f"{name}{suffix}.jpg")
+    assert cli("evaluate", "full", "--data", other, "--device", "cpu", "--out", tmp_path / "o") == 0
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["frames"] == 2 and m["split"] == "all frames (the checkpoint was not trained on this data)"
 
 
 def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):

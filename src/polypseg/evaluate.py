@@ -185,15 +185,14 @@ def _choose_pairs(pairs, split: str, predictor: Predictor):
             )
             if seen:
                 desc += f", less {len(seen)} found by their pixels among the training frames"
-        elif seen:
+        else:
             who = "the checkpoint was not" if one else "none of the models was"
             desc = (
                 f"the frames {who} trained on: {len(seen)} of the {len(pairs)} are training frames, "
                 "found by their pixels, and left out"
+                if seen
+                else f"all frames ({who} trained on this data)"
             )
-        else:
-            who = "the checkpoint was" if one else "none of the models was"
-            desc = f"all frames ({who} trained on this data)"
         return chosen, desc
     s = Split.load(split)
     names = set(s.val)
