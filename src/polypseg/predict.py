@@ -152,8 +152,12 @@ class Predictor:
         """Probabilities at the network's size for a list of RGB uint8 frames (any sizes); an ensemble's
         mean, each model seeing the frames at its own input size."""
         total = np.zeros((len(frames), self.height, self.width), np.float32)
+        resized = {}  # the frames at each input size, resized once for all the models of that size
         for n in self.networks:
-            x = np.stack([resize_to(f, n.height, n.width) for f in frames])
+            size = (n.height, n.width)
+            if size not in resized:
+                resized[size] = np.stack([resize_to(f, *size) for f in frames])
+            x = resized[size]
             p = n.flip_mean(x) if self.tta else n(x)
             if p.shape[1:] != (self.height, self.width):
                 p = np.stack(
