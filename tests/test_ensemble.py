@@ -103,7 +103,7 @@ def test_a_cv_folder_is_its_folds_ensemble(tiny_cv, cvc_subset, tmp_path, capsys
     img = next((cvc_subset / "images").glob(f"{sorted(val0)[0]}.*"))
     assert main(["predict", "--checkpoint", str(tiny_cv), str(img), "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / f"{img.stem}.json").is_file()
-    capsys.readouterr()
+    assert "head L4, mean of 2 models); outputs in" in capsys.readouterr().out
 
     # export: one ONNX graph of the folds' mean, with parity on real frames; it runs as the ensemble did,
     # and knows every frame either fold trained on.

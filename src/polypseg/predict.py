@@ -458,7 +458,7 @@ def predict_paths(
         print(f"skipped: {msg}", file=sys.stderr)
     print(
         f"{done} input(s), {frames_done} frame(s) in {dt:.1f} s ({frames_done / max(dt, 1e-9):.1f} frames/s on "
-        f"{p.device_name()}, {p.precision}); outputs in {out_dir}"
+        f"{p.device_name()}, {p.precision}, {p.output}); outputs in {out_dir}"
     )
     if not done:
         if created and not any(out_dir.iterdir()):

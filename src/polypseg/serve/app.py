@@ -178,7 +178,7 @@ def run(
     predictor = Predictor.from_checkpoint(checkpoint, device=device, min_score=min_score)
     port = sock.getsockname()[1]  # the one the system chose for --port 0
     print(
-        f"polypseg serving {predictor.meta.get('arch', {}).get('name')} on http://{host}:{port}/ "
+        f"polypseg serving {predictor.meta.get('arch', {}).get('name')} ({predictor.output}) on http://{host}:{port}/ "
         f"({predictor.device_name()}); API docs at /docs",
         flush=True,
     )
