@@ -130,3 +130,24 @@ def test_a_cv_folder_is_its_folds_ensemble(tiny_cv, cvc_subset, tmp_path, capsys
     assert main(st) == 2
     assert "a safetensors file holds one model" in capsys.readouterr().err
     assert not list(tmp_path.glob("x.*"))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"k": ', "not a cv.json that `polypseg cv` wrote"),
+        ('{"x": 1}', "not a cv.json that `polypseg cv` wrote"),
+        ('{"k": "5"}', "'k' must be a number of folds"),
+        ('{"k": 2}', "a cross-validation folder without"),
+    ],
+)
+def test_a_broken_cv_folder_is_one_line(cvc, tmp_path, capsys, text, message):
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "cv.json").write_text(text)
+    img = cvc / "PNG" / "Original" / "5.png"
+    assert (
+        main(["predict", "--checkpoint", str(tmp_path / "cv"), str(img), "--out", str(tmp_path / "p")]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("polypseg: error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "p").exists()

@@ -23,6 +23,7 @@ from polypseg.config import TrainConfig, config_yaml, load_config, to_dict
 from polypseg.data.layouts import split_name
 from polypseg.errors import PolypsegError, at_least_one
 from polypseg.metrics import grouped_bootstrap_ci
+from polypseg.network import cv_folds
 
 # (label, metrics.json section, key) of the per-fold table
 FOLD_COLUMNS = [
@@ -111,7 +112,7 @@ def _baseline_evals(baseline: str | os.PathLike) -> list[Path]:
     cv_json = Path(baseline) / "cv.json"
     if not cv_json.is_file():
         raise PolypsegError(f"--baseline {baseline}: no cv.json there (a finished `polypseg cv` folder)")
-    k = json.loads(cv_json.read_text())["k"]
+    k = cv_folds(Path(baseline))
     evals = [Path(baseline) / f"fold{i}" / "eval" for i in range(k)]
     missing = [e for e in evals if not (e / "per_image.csv").is_file()]
     if missing:

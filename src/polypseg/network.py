@@ -40,9 +40,23 @@ def resolve_checkpoint(path: str | os.PathLike | None, default: str = "full") ->
     return Path(path)
 
 
+def cv_folds(folder: Path) -> int:
+    """The number of folds a finished `polypseg cv` folder's cv.json records, or a one-line error."""
+    path = folder / "cv.json"
+    try:
+        k = json.loads(path.read_text())["k"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise PolypsegError(
+            f"{path}: not a cv.json that `polypseg cv` wrote (unreadable, or no 'k')"
+        ) from None
+    if not isinstance(k, int) or k < 2:
+        raise PolypsegError(f"{path}: 'k' must be a number of folds (2 or more), found {k!r}")
+    return k
+
+
 def cv_checkpoints(folder: Path) -> list[Path]:
     """The folds' models of a finished `polypseg cv` folder (the ones its table was measured with)."""
-    k = json.loads((folder / "cv.json").read_text())["k"]
+    k = cv_folds(folder)
     paths = [folder / f"fold{i}" / "best.pt" for i in range(k)]
     missing = [p for p in paths if not p.is_file()]
     if missing:
