@@ -33,7 +33,7 @@ from polypseg.errors import PolypsegError, at_least_one
 from polypseg.imageio import read_mask, read_rgb
 from polypseg.inorder import InOrder
 from polypseg.metrics import grouped_bootstrap_ci, threshold_sweep
-from polypseg.network import resolve_checkpoints
+from polypseg.network import resolve_checkpoints, trained_frames
 from polypseg.predict import Predictor, overlay
 
 SEG_KEYS = [
@@ -144,9 +144,7 @@ def _trained_on(predictor: Predictor, pairs) -> set[str]:
     """The names of the frames of `pairs` that any of the models trained on, found by their pixels
     (checkpoints list their training frames' hashes: a copy, subset or renamed part of the training data
     is recognised too). Empty for checkpoints from before the hashes."""
-    trained = set().union(
-        *(set((m.get("dataset") or {}).get("trained_frames") or ()) for m in predictor.metas)
-    )
+    trained = {h for m in predictor.metas for h in trained_frames(m)}
     if not trained or not pairs:
         return set()
     return {p.name for p, h in zip(pairs, frame_hashes(pairs)) if h in trained}

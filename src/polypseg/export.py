@@ -20,7 +20,7 @@ from polypseg.checkpoint import build_model, describe, load_checkpoint, save_saf
 from polypseg.detection import check_min_score
 from polypseg.errors import PolypsegError
 from polypseg.imageio import read_rgb, resize_to
-from polypseg.network import agreed, resolve_checkpoints
+from polypseg.network import agreed, resolve_checkpoints, trained_frames
 
 OPSET = 17
 
@@ -130,7 +130,7 @@ def _ensemble_description(ckpts: list[dict], srcs: list[Path], models: list[nn.M
     if len(ckpts) > 1:
         from polypseg.data.download import sha256_of
 
-        listed = [(c.get("dataset") or {}).get("trained_frames") for c in ckpts]
+        listed = [trained_frames(c) for c in ckpts]
         if any(c.get("split") != ckpts[0].get("split") for c in ckpts):
             if not all(listed):
                 raise PolypsegError(
@@ -139,8 +139,8 @@ def _ensemble_description(ckpts: list[dict], srcs: list[Path], models: list[nn.M
                     "export them one by one"
                 )
             desc.pop("split", None)  # no one split: the training frames' hashes say what each model saw
-        frames = set().union(*(set(f or ()) for f in listed))
-        desc["dataset"] = {**(desc.get("dataset") or {}), "trained_frames": sorted(frames)}
+        frames = sorted({h for hashes in listed for h in hashes})
+        desc["dataset"] = {**(desc.get("dataset") or {}), "trained_frames": frames}
         desc["ensemble"] = [{"checkpoint": str(s), "sha256": sha256_of(s)} for s in srcs]
     desc["prune"] = getattr(models[0], "prune", 0)
     return desc

@@ -87,6 +87,12 @@ def agreed(metas: list[dict], key: str, default, hint: str):
     return values.pop()
 
 
+def trained_frames(meta: dict) -> list[str]:
+    """The pixel hashes of the frames a model trained on (`data.cache.frame_hash`); empty for a
+    checkpoint from before they were recorded."""
+    return list((meta.get("dataset") or {}).get("trained_frames") or ())
+
+
 def head_of(meta: dict) -> str:
     kwargs = (meta.get("arch") or {}).get("kwargs", {})
     return head_name(
