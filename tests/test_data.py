@@ -92,7 +92,10 @@ def test_bad_folder_names_each_problem(bad_folder, capsys):
     before = _snapshot(bad_folder)
     assert main(["data", "check", str(bad_folder), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
-    by_file = {os.path.basename(p["file"]): (p["severity"], p["problem"]) for p in s["problems"]}
+    every = {}
+    for p in s["problems"]:
+        every.setdefault(os.path.basename(p["file"]), []).append((p["severity"], p["problem"]))
+    by_file = {f: problems[0] for f, problems in every.items()}
     assert by_file["corrupt.png"][0] == "error" and "decode" in by_file["corrupt.png"][1]
     assert by_file["truncated.jpg"] == ("error", "image: truncated JPEG (no end-of-image marker)")
     assert by_file["nomask.png"] == ("error", "no mask with the same name")
@@ -100,6 +103,11 @@ def test_bad_folder_names_each_problem(bad_folder, capsys):
     assert by_file["rgba.png"] == ("warning", "RGBA image (alpha channel dropped)")
     assert by_file["deep.png"] == ("warning", "16-bit image (converted to 8-bit)")
     assert by_file["notes.txt"][0] == "error" and "not an image" in by_file["notes.txt"][1]
+    # The four usable frames are one frame four times (8-bit, 16-bit, with alpha): each is named a duplicate.
+    dup = "(a duplicate frame: keep copies on one side of a split)"
+    assert every["good1.png"] == [("warning", f"the same pixels as deep, good2, rgba {dup}")]
+    assert every["deep.png"][1] == ("warning", f"the same pixels as good1, good2, rgba {dup}")
+    assert len(every["rgba.png"]) == 2 and "corrupt.png" not in str(every["good1.png"])
     assert s["pairs"] == 4  # good1, good2, rgba, deep; the bad pairs are left out
     assert main(["data", "check", str(bad_folder), "--strict"]) == 1
     assert _snapshot(bad_folder) == before

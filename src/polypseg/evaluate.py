@@ -24,7 +24,7 @@ import torch
 from scipy import ndimage, stats
 
 from polypseg import atomic, detection
-from polypseg.data.cache import content_fingerprint, frame_hashes
+from polypseg.data.cache import content_fingerprint
 from polypseg.data.download import sha256_of
 from polypseg.data.layouts import discover, split_name
 from polypseg.data.splits import Split, load_groups
@@ -140,21 +140,20 @@ def _held_out(meta: dict, pairs, fp: str) -> set[str] | None:
     return set(s.val) if part is None else {st for d, st in map(split_name, s.val) if d == part}
 
 
-def _trained_on(predictor: Predictor, pairs) -> set[str]:
+def _trained_on(predictor: Predictor, pairs, hashes: dict[str, str]) -> set[str]:
     """The names of the frames of `pairs` that any of the models trained on, found by their pixels
-    (checkpoints list their training frames' hashes: a copy, subset or renamed part of the training data
-    is recognised too). Empty for checkpoints from before the hashes."""
+    (`hashes`: name -> pixel hash, from validation; checkpoints list their training frames' hashes: a
+    copy, subset or renamed part of the training data is recognised too). Empty for checkpoints from
+    before the hashes."""
     trained = {h for m in predictor.metas for h in trained_frames(m)}
-    if not trained or not pairs:
-        return set()
-    return {p.name for p, h in zip(pairs, frame_hashes(pairs)) if h in trained}
+    return {p.name for p in pairs if hashes.get(p.name) in trained}
 
 
-def _choose_pairs(pairs, split: str, predictor: Predictor):
+def _choose_pairs(pairs, split: str, predictor: Predictor, hashes: dict[str, str]):
     """Resolve --split into (pairs, description)."""
     one = len(predictor.metas) == 1
     if split == "all":
-        seen = len(_trained_on(predictor, pairs))
+        seen = len(_trained_on(predictor, pairs, hashes))
         who = "the checkpoint" if one else "a model"
         return pairs, "all frames" + (f" ({seen} of them {who} trained on: optimistic)" if seen else "")
     if split == "test":
@@ -162,7 +161,7 @@ def _choose_pairs(pairs, split: str, predictor: Predictor):
         held = [_held_out(m, pairs, fp) for m in predictor.metas]
         known = [h for h in held if h is not None]
         chosen = [p for p in pairs if all(p.name in h for h in known)]
-        seen = _trained_on(predictor, chosen)
+        seen = _trained_on(predictor, chosen, hashes)
         chosen = [p for p in chosen if p.name not in seen]
         if not chosen and one:
             raise PolypsegError(
@@ -353,7 +352,7 @@ def evaluate(
     pairs = checked.good
     if not pairs:
         raise PolypsegError(f"{dataset.label}: no usable image/mask pairs")
-    chosen, split_desc = _choose_pairs(pairs, split, predictor)
+    chosen, split_desc = _choose_pairs(pairs, split, predictor, checked.hashes)
     group_list, group_source = _load_groups(dataset, groups, predictor.meta)
     group_of = dict(zip(dataset.names, group_list))
     thr = predictor.threshold

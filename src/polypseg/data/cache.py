@@ -63,12 +63,6 @@ def frame_hash(rgb: np.ndarray) -> str:
     return hashlib.sha256(f"{rgb.shape}".encode() + rgb.tobytes()).hexdigest()[:16]
 
 
-def frame_hashes(pairs: list[Pair], workers: int | None = None) -> list[str]:
-    """`frame_hash` of every pair's image (decoded on threads)."""
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda p: frame_hash(read_rgb(p.image)), pairs))
-
-
 @dataclass
 class Decoded:
     images: np.ndarray  # (N, 3, H, W) uint8

@@ -22,9 +22,10 @@ import cv2
 import numpy as np
 
 from polypseg import atomic
-from polypseg.data.cache import cache_home, fingerprint
+from polypseg.data.cache import cache_home, fingerprint, frame_hash
 from polypseg.data.layouts import Dataset, Pair
-from polypseg.imageio import truncation_problem
+from polypseg.errors import PolypsegError
+from polypseg.imageio import to_rgb_uint8, truncation_problem
 
 
 @dataclass
@@ -34,6 +35,7 @@ class PairReport:
     negative: bool = False
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    hash: str | None = None  # data.cache.frame_hash of the image, as read_rgb decodes it
 
 
 @dataclass
@@ -44,6 +46,11 @@ class Validation:
     @property
     def good(self) -> list[Pair]:
         return [r.pair for r in self.reports if not r.errors]
+
+    @property
+    def hashes(self) -> dict[str, str]:
+        """Each usable frame's name -> the hash of its pixels (what checkpoints list as training frames)."""
+        return {r.pair.name: r.hash for r in self.reports if not r.errors and r.hash}
 
     @property
     def problems(self) -> list[tuple[str, str, str]]:
@@ -90,6 +97,10 @@ def check_pair(pair: Pair) -> PairReport:
     if img is None or mask is None:
         return rep
     rep.size = img.shape[:2]
+    try:
+        rep.hash = frame_hash(to_rgb_uint8(img, bgr=True))  # the pixels read_rgb gives, decoded once here
+    except PolypsegError:
+        pass  # an unsupported pixel type: reported below
     if img.dtype == np.uint16:
         rep.warnings.append("16-bit image (converted to 8-bit)")
     elif img.dtype != np.uint8:
@@ -117,16 +128,22 @@ def check_pair(pair: Pair) -> PairReport:
     return rep
 
 
-CHECK_VERSION = 1  # bump when check_pair's rules change: old cached results are then ignored
+CHECK_VERSION = 2  # bump when check_pair's rules change: old cached results are then ignored
 
 
 def _to_json(r: PairReport) -> dict:
-    return {"size": r.size, "negative": r.negative, "errors": r.errors, "warnings": r.warnings}
+    return {
+        "size": r.size,
+        "negative": r.negative,
+        "errors": r.errors,
+        "warnings": r.warnings,
+        "hash": r.hash,
+    }
 
 
 def _from_json(pair: Pair, d: dict) -> PairReport:
     size = tuple(d["size"]) if d["size"] else None
-    return PairReport(pair, size, bool(d["negative"]), list(d["errors"]), list(d["warnings"]))
+    return PairReport(pair, size, bool(d["negative"]), list(d["errors"]), list(d["warnings"]), d["hash"])
 
 
 def validate(
@@ -146,7 +163,9 @@ def validate(
             entry = Path(cache_dir or cache_home()) / "validated" / f"{key}.json"
             try:
                 saved = json.loads(entry.read_text())
-                return Validation(dataset, [_from_json(p, saved[p.name]) for p in dataset.pairs])
+                return _mark_duplicates(
+                    Validation(dataset, [_from_json(p, saved[p.name]) for p in dataset.pairs])
+                )
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # no entry, or a damaged one: check again and rewrite it
     workers = workers or min(8, os.cpu_count() or 1)
@@ -158,4 +177,20 @@ def validate(
             atomic.write_json(entry, {r.pair.name: _to_json(r) for r in reports})
         except OSError:
             pass  # a read-only cache only costs speed
-    return Validation(dataset, reports)
+    return _mark_duplicates(Validation(dataset, reports))
+
+
+def _mark_duplicates(v: Validation) -> Validation:
+    """A warning on every frame whose pixels another frame repeats under another name: if the two fall on
+    both sides of a split, the test frame was trained on."""
+    by_hash: dict[str, list[PairReport]] = {}
+    for r in v.reports:
+        if r.hash and not r.errors:
+            by_hash.setdefault(r.hash, []).append(r)
+    for same in by_hash.values():
+        for r in same if len(same) > 1 else ():
+            others = ", ".join(o.pair.name for o in same if o is not r)
+            r.warnings.append(
+                f"the same pixels as {others} (a duplicate frame: keep copies on one side of a split)"
+            )
+    return v
