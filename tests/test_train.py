@@ -51,7 +51,7 @@ def test_checkpoint_describes_itself(tiny_run):
     assert "val_dice" in ck["metrics"] and "optimizer" not in ck
     assert "optimizer" in load_checkpoint(tiny_run / "last.pt")
     # The training frames by their pixels (evaluate recognises them in any copy): those of the split's train.
-    from polypseg.data.cache import frame_hash
+    from polypseg.data.validate import frame_hash
     from polypseg.imageio import read_rgb
 
     images = {p.stem: p for p in (Path(ck["dataset"]["root"]) / "images").iterdir()}

@@ -88,7 +88,7 @@ def agreed(metas: list[dict], key: str, default, hint: str):
 
 
 def trained_frames(meta: dict) -> list[str]:
-    """The pixel hashes of the frames a model trained on (`data.cache.frame_hash`); empty for a
+    """The pixel hashes of the frames a model trained on (`data.validate.frame_hash`); empty for a
     checkpoint from before they were recorded."""
     return list((meta.get("dataset") or {}).get("trained_frames") or ())
 

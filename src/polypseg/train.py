@@ -100,6 +100,7 @@ def plan_split(
     if n_bad:
         log(f"warning: {n_bad} problem(s) in the data; bad pairs left out (see `polypseg data check`)")
     dataset.pairs = pairs
+    dataset.hashes = checked.hashes
     groups, group_source = load_groups(dataset, cfg.data.groups)
     if split is None and cfg.data.split:
         if cfg.data.train_fraction < 1:
@@ -144,7 +145,7 @@ def prepare_data(
         "fingerprint": content_fingerprint(pairs),
         "groups": group_source,
         # the pixels of every training frame, so that evaluate recognises them in any copy or subset
-        "trained_frames": sorted({decoded.hashes[i] for i in train_idx}),
+        "trained_frames": sorted({dataset.hashes[decoded.names[i]] for i in train_idx}),
     }
     if dataset.parts:  # each dataset's own fingerprint, so `evaluate --split test` knows one alone too
         good = {p.name for p in pairs}

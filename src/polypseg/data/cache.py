@@ -3,7 +3,7 @@
 Layout of one cache entry (a folder named by the fingerprint):
   images.npy  (N, 3, H, W) uint8 RGB
   masks.npy   (N, 1, H, W) uint8 in {0, 1}
-  meta.json   names, original sizes, frame hashes, fingerprint
+  meta.json   names, original sizes, fingerprint
 The fingerprint covers the file list, sizes, mtimes and the target size, so any changed,
 added or removed file gives a new entry. Nothing is written next to the data.
 """
@@ -55,14 +55,6 @@ def content_fingerprint(pairs: list[Pair]) -> str:
     return h.hexdigest()[:20]
 
 
-def frame_hash(rgb: np.ndarray) -> str:
-    """A decoded frame's identity, by its pixels: the same frame in another file, folder, name or lossless
-    format has the same hash. Checkpoints list their training frames' hashes, so that `evaluate` never
-    scores a model on a frame it trained on, wherever that frame is found."""
-    rgb = np.ascontiguousarray(rgb)
-    return hashlib.sha256(f"{rgb.shape}".encode() + rgb.tobytes()).hexdigest()[:16]
-
-
 @dataclass
 class Decoded:
     images: np.ndarray  # (N, 3, H, W) uint8
@@ -70,7 +62,6 @@ class Decoded:
     names: list[str]
     sizes: list[tuple[int, int]]  # original (height, width) of each frame
     fingerprint: str
-    hashes: list[str]  # frame_hash of each original frame
 
     @property
     def size(self) -> tuple[int, int]:
@@ -80,8 +71,7 @@ class Decoded:
 def _decode_one(pair: Pair, height: int, width: int):
     img = read_rgb(pair.image)
     mask = read_mask(pair.mask)
-    small = resize_to(img, height, width).transpose(2, 0, 1)
-    return small, resize_mask(mask, height, width), img.shape[:2], frame_hash(img)
+    return resize_to(img, height, width).transpose(2, 0, 1), resize_mask(mask, height, width), img.shape[:2]
 
 
 def decode(
@@ -93,17 +83,15 @@ def decode(
     images = np.empty((n, 3, height, width), np.uint8)
     masks = np.empty((n, 1, height, width), np.uint8)
     sizes: list[tuple[int, int]] = [(0, 0)] * n
-    hashes = [""] * n
     with ThreadPoolExecutor(workers) as pool:
         it = pool.map(lambda p: _decode_one(p, height, width), pairs)
         if progress:
             from tqdm import tqdm
 
             it = tqdm(it, total=n, desc="decoding", unit="img", leave=False, disable=None)
-        for i, (img, mask, size, digest) in enumerate(it):
-            images[i], masks[i, 0], sizes[i], hashes[i] = img, mask, size, digest
-    names = [p.name for p in pairs]
-    return Decoded(images, masks, names, sizes, fingerprint(pairs, (height, width)), hashes)
+        for i, (img, mask, size) in enumerate(it):
+            images[i], masks[i, 0], sizes[i] = img, mask, size
+    return Decoded(images, masks, [p.name for p in pairs], sizes, fingerprint(pairs, (height, width)))
 
 
 def load_decoded(
@@ -125,7 +113,6 @@ def load_decoded(
                 meta["names"],
                 [tuple(s) for s in meta["sizes"]],
                 fp,
-                meta["hashes"],  # an entry from before frame hashes is rebuilt (KeyError below)
             )
         except (OSError, ValueError, KeyError):
             shutil.rmtree(entry, ignore_errors=True)  # a damaged entry is rebuilt, never trusted
@@ -136,7 +123,7 @@ def load_decoded(
         np.save(tmp / "images.npy", dec.images)
         np.save(tmp / "masks.npy", dec.masks)
         (tmp / "meta.json").write_text(
-            json.dumps({"names": dec.names, "sizes": dec.sizes, "hashes": dec.hashes, "fingerprint": fp})
+            json.dumps({"names": dec.names, "sizes": dec.sizes, "fingerprint": fp})
         )
         try:
             os.replace(tmp, entry)  # atomic: readers see a whole entry or none

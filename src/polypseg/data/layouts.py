@@ -39,6 +39,8 @@ class Dataset:
     problems: list[tuple[str, str]] = field(default_factory=list)
     # A combination's datasets by the prefix of their frames' names (empty for one dataset).
     parts: dict[str, Dataset] = field(default_factory=dict)
+    # Each usable frame's name -> the hash of its pixels (validate.frame_hash), once training has validated it.
+    hashes: dict[str, str] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:

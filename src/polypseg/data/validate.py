@@ -11,6 +11,7 @@ run on unchanged data starts without re-reading it, and any changed file is chec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -22,10 +23,18 @@ import cv2
 import numpy as np
 
 from polypseg import atomic
-from polypseg.data.cache import cache_home, fingerprint, frame_hash
+from polypseg.data.cache import cache_home, fingerprint
 from polypseg.data.layouts import Dataset, Pair
 from polypseg.errors import PolypsegError
 from polypseg.imageio import to_rgb_uint8, truncation_problem
+
+
+def frame_hash(rgb: np.ndarray) -> str:
+    """A decoded frame's identity, by its pixels: the same frame in another file, folder, name or lossless
+    format has the same hash. Checkpoints list their training frames' hashes, so that `evaluate` never
+    scores a model on a frame it trained on, wherever that frame is found."""
+    rgb = np.ascontiguousarray(rgb)
+    return hashlib.sha256(f"{rgb.shape}".encode() + rgb.tobytes()).hexdigest()[:16]
 
 
 @dataclass
@@ -35,7 +44,7 @@ class PairReport:
     negative: bool = False
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    hash: str | None = None  # data.cache.frame_hash of the image, as read_rgb decodes it
+    hash: str | None = None  # frame_hash of the image, as read_rgb decodes it
 
 
 @dataclass
