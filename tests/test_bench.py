@@ -59,3 +59,20 @@ def test_benchmark_bad_sizes_and_counts_are_one_line_errors(tiny_run, tmp_path, 
         err = capsys.readouterr().err
         assert err.strip() == f"polypseg: error: {message}"
     assert not (tmp_path / "b.json").exists()
+
+
+def test_benchmark_int8_rows_beside_fp32(tiny_run, cvc_subset, tmp_path, capsys):
+    """--int8 times the int8 graph export writes beside PyTorch and fp32 ONNX Runtime, in one run; it is a
+    CPU ONNX Runtime measure, so asking for it without ONNX is a one-line error."""
+    out = tmp_path / "bench.json"
+    base = ["benchmark", "--checkpoint", str(tiny_run / "best.pt"), "--device", "cpu", "--iters", "2"]
+    assert main([*base, "--int8", "--data", str(cvc_subset), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["backend"] for r in rows} == {"pytorch-cpu", "onnxruntime", "ort-int8"}
+    assert {r["precision"] for r in rows if r["backend"] == "ort-int8"} == {"int8"}
+    assert len(rows) == 3 * 5 and all(r["device"].startswith("CPU") and r["p50_ms"] > 0 for r in rows)
+    capsys.readouterr()
+    assert main([*base, "--int8", "--no-onnx", "--json", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--int8 times ONNX Runtime on the CPU" in err and err.count("\n") == 1
+    assert not (tmp_path / "b.json").exists()

@@ -15,6 +15,7 @@ from polypseg.checkpoint import build_model, load_checkpoint
 from polypseg.config import input_stride
 from polypseg.devices import device_name, pick_device, use_bf16
 from polypseg.errors import PolypsegError, at_least_one
+from polypseg.export import ProbabilityModel, export_module, onnx_session, quantize_int8, sample_frames
 from polypseg.models import count_parameters, create_model
 
 
@@ -75,22 +76,20 @@ def bench_torch(model, device, h, w, iters, batch) -> dict:
     return _summary(lat, thr, batch, "bf16" if amp else "fp32")
 
 
-def bench_onnx(model, h, w, iters, batch) -> dict:
-    import onnxruntime as ort
-
-    from polypseg.export import ProbabilityModel, export_module
-
+def bench_onnx(model, h, w, iters, batch, int8_frames: np.ndarray | None = None) -> dict:
+    """ONNX Runtime on the CPU, the graph `polypseg export` writes; with `int8_frames`, the int8 graph
+    `export --quantize int8` writes, calibrated on those (N, 3, h, w) uint8 frames."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
         export_module(ProbabilityModel(model.cpu().eval()), path, h, w, dynamic_batch=True)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        if int8_frames is not None:
+            path = Path(quantize_int8(path, int8_frames))
+        sess = onnx_session(path)
     x1 = np.random.randint(0, 256, (1, 3, h, w), dtype=np.uint8)
     xb = np.random.randint(0, 256, (batch, 3, h, w), dtype=np.uint8)
     lat = _time(lambda: sess.run(None, {"image": x1}), iters, lambda: None)
     thr = _time(lambda: sess.run(None, {"image": xb}), max(3, iters // 4), lambda: None)
-    return _summary(lat, thr, batch, "fp32")
+    return _summary(lat, thr, batch, "fp32" if int8_frames is None else "int8")
 
 
 def candidates(ck: dict | None):
@@ -111,9 +110,19 @@ def candidates(ck: dict | None):
 
 
 def run_benchmark(
-    checkpoint=None, device="auto", height=None, width=None, iters=20, json_path=None, onnx=True, batch=None
+    checkpoint=None,
+    device="auto",
+    height=None,
+    width=None,
+    iters=20,
+    json_path=None,
+    onnx=True,
+    batch=None,
+    int8=False,
+    data=None,
 ) -> list[dict]:
-    """Sizes default to the checkpoint's input size, or CVC-ClinicDB's 288x384 for the default architectures."""
+    """Sizes default to the checkpoint's input size, or CVC-ClinicDB's 288x384 for the default architectures.
+    `int8` adds ONNX Runtime int8 rows, calibrated on 16 frames of `data` (default: the default dataset)."""
     at_least_one("--iters", iters)
     for flag, value in (("--height", height), ("--width", width), ("batch", batch)):
         if value is not None:
@@ -132,6 +141,11 @@ def run_benchmark(
             f"--height and --width must be multiples of {stride} ({why}), got {height}x{width}"
         )
     dev = pick_device(device)
+    if int8 and not (onnx and dev.type == "cpu"):
+        raise PolypsegError(
+            "--int8 times ONNX Runtime on the CPU: use it with --device cpu and without --no-onnx"
+        )
+    calibration = sample_frames(data, height, width, n=16) if int8 else None
     batch = batch or (32 if dev.type == "cuda" else 4)
     name = device_name(dev)
     print(f"device: {name}; input {height}x{width}; latency at batch 1, throughput at batch {batch}")
@@ -149,11 +163,15 @@ def run_benchmark(
         backends = [("pytorch-" + dev.type, lambda m=model: bench_torch(m, dev, height, width, iters, batch))]
         if onnx and dev.type == "cpu":
             backends.append(("onnxruntime", lambda m=model: bench_onnx(m, height, width, iters, batch)))
+        if calibration is not None:
+            backends.append(
+                ("ort-int8", lambda m=model: bench_onnx(m, height, width, iters, batch, calibration))
+            )
         for backend, fn in backends:
             r = {
                 **base,
                 "backend": backend,
-                "device": name if backend != "onnxruntime" else device_name(torch.device("cpu")),
+                "device": name if backend.startswith("pytorch") else device_name(torch.device("cpu")),
                 **fn(),
             }
             rows.append(r)

@@ -257,7 +257,8 @@ def _parser() -> argparse.ArgumentParser:
         "benchmark",
         help="latency and throughput table (PyTorch and ONNX Runtime)",
         formatter_class=fmt,
-        epilog="example:\n  polypseg benchmark --device cpu --json bench.json",
+        epilog="examples:\n  polypseg benchmark --device cpu --json bench.json\n"
+        "  polypseg benchmark --checkpoint full --device cpu --int8",
     )
     be.add_argument(
         "--checkpoint", help="a model's variants (its heads) instead of the default architectures at 288x384"
@@ -270,6 +271,12 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument(
         "--no-onnx", action="store_true", help="PyTorch only (on the CPU, ONNX Runtime is timed too)"
     )
+    be.add_argument(
+        "--int8",
+        action="store_true",
+        help="also time the int8 ONNX graph `export --quantize int8` writes (CPU), calibrated on 16 real frames",
+    )
+    be.add_argument("--data", help="frames for --int8's calibration (default: the default dataset)")
 
     sv = sub.add_parser(
         "serve",
@@ -475,6 +482,8 @@ def _cmd_benchmark(a) -> int:
         iters=a.iters,
         json_path=a.json,
         onnx=not a.no_onnx,
+        int8=a.int8,
+        data=a.data,
     )
     return 0
 

@@ -170,4 +170,6 @@ class Network:
 
     @property
     def precision(self) -> str:
+        if self.session is not None:
+            return (self.meta.get("onnx") or {}).get("precision", "fp32")
         return "bf16 autocast" if self.amp else "fp32"
