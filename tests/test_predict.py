@@ -137,6 +137,63 @@ def test_predict_video(tiny_run, cvc, tmp_path):
     assert sum(e["frames"] for e in s["episodes"]) == s["frames_with_polyp"]
 
 
+def test_outputs_choose_what_is_written(tiny_run, frames, cvc, tmp_path, capsys):
+    """--outputs json writes the detections alone (a video's JSON lines and summary, no overlay video);
+    mask,overlay leaves out the JSON; the records are those of a full run; a wrong name is a one-line
+    error before anything is written."""
+    video = _clip(cvc, tmp_path / "clip.avi", frames=6)
+    full, only = tmp_path / "full", tmp_path / "json"
+    args = ["--device", "cpu", "--batch-size", "4"]
+    assert cli("predict", tiny_run / "best.pt", frames / "cvc5.png", video, "--out", full, *args) == 0
+    assert (
+        cli(
+            "predict",
+            tiny_run / "best.pt",
+            frames / "cvc5.png",
+            video,
+            "--out",
+            only,
+            *args,
+            "--outputs",
+            "json",
+        )
+        == 0
+    )
+    assert sorted(x.name for x in only.iterdir()) == ["clip.jsonl", "clip_summary.json", "cvc5.json"]
+    for name in ("clip.jsonl", "clip_summary.json", "cvc5.json"):
+        assert (only / name).read_text() == (full / name).read_text()
+    pictures = tmp_path / "pictures"
+    assert (
+        cli(
+            "predict",
+            tiny_run / "best.pt",
+            frames / "cvc5.png",
+            video,
+            "--out",
+            pictures,
+            *args,
+            "--outputs",
+            "mask,overlay",
+        )
+        == 0
+    )
+    assert sorted(x.name for x in pictures.iterdir()) == [
+        "clip_overlay.mp4",
+        "clip_summary.json",
+        "cvc5_mask.png",
+        "cvc5_overlay.png",
+    ]
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    for value in ("json,csv", ""):
+        assert (
+            cli("predict", tiny_run / "best.pt", frames / "cvc5.png", "--out", bad, "--outputs", value) == 2
+        )
+        err = capsys.readouterr().err
+        assert "--outputs takes a comma-separated list of json, mask, overlay" in err and err.count("\n") == 1
+    assert not bad.exists()
+
+
 def test_interrupted_video_leaves_no_partial_files(tiny_run, cvc, tmp_path):
     p = Predictor.from_checkpoint(tiny_run / "best.pt", device="cpu")
     real, calls = p.predict_batch, []

@@ -15,6 +15,7 @@ the mask itself holds every pixel above the threshold.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -280,11 +281,29 @@ def _out_name(path: Path, used: set[str]) -> str:
     return name
 
 
+OUTPUTS = ("json", "mask", "overlay")
+
+
+def parse_outputs(outputs: str | list[str] | tuple[str, ...]) -> frozenset[str]:
+    """`--outputs json,mask,overlay` (any of them, at least one) as a set; an unknown name is an error."""
+    names = [x.strip() for x in outputs.split(",")] if isinstance(outputs, str) else list(outputs)
+    unknown = [x for x in names if x not in OUTPUTS]
+    if unknown or not names:
+        raise PolypsegError(
+            f"--outputs takes a comma-separated list of {', '.join(OUTPUTS)}; got {','.join(names)!r}"
+        )
+    return frozenset(names)
+
+
 def _write_frame(writer, rgb: np.ndarray, pred: Prediction) -> None:
     writer.write(rgb_to_bgr(overlay(rgb, pred)))
 
 
-def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: int) -> dict:
+def predict_video(
+    p: Predictor, path: Path, out: Path, name: str, batch_size: int, outputs=frozenset(OUTPUTS)
+) -> dict:
+    """A video's JSON lines (`json` in outputs), overlay video (`overlay`) and summary (always); a
+    video has no mask output."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise PolypsegError(f"{path}: cannot open video")
@@ -298,7 +317,10 @@ def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: in
 
     bar = tqdm(total=total, unit="frame", desc=path.name, leave=False, file=sys.stderr, disable=None)
     try:
-        with open(lines_tmp, "w") as lines, InOrder(workers=1, ahead=batch_size) as writes:
+        with (
+            open(lines_tmp, "w") if "json" in outputs else contextlib.nullcontext() as lines,
+            InOrder(workers=1, ahead=batch_size) as writes,
+        ):
             while True:
                 frames = []
                 for _ in range(batch_size):
@@ -309,16 +331,21 @@ def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: in
                 if not frames:
                     break
                 for pred, rgb in zip(p.predict_batch(frames), frames):
-                    rec = pred.to_json()
-                    rec["file"] = str(path)
-                    rec["frame"] = n
-                    lines.write(json.dumps(rec) + "\n")
+                    if lines is not None:
+                        rec = pred.to_json()
+                        rec["file"] = str(path)
+                        rec["frame"] = n
+                        lines.write(json.dumps(rec) + "\n")
                     positives.append(bool(pred.polyps))
-                    if writer is None:
-                        writer = cv2.VideoWriter(
-                            str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0])
-                        )
-                    writes.submit(_write_frame, writer, rgb, pred)
+                    if "overlay" in outputs:
+                        if writer is None:
+                            writer = cv2.VideoWriter(
+                                str(tmp_video),
+                                cv2.VideoWriter_fourcc(*"mp4v"),
+                                fps,
+                                (rgb.shape[1], rgb.shape[0]),
+                            )
+                        writes.submit(_write_frame, writer, rgb, pred)
                     n += 1
                 bar.update(len(frames))
         if n == 0:
@@ -332,9 +359,11 @@ def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: in
     finally:
         bar.close()
         cap.release()
-    writer.release()
-    os.replace(tmp_video, out / f"{name}_overlay.mp4")
-    os.replace(lines_tmp, out / f"{name}.jsonl")
+    if writer is not None:
+        writer.release()
+        os.replace(tmp_video, out / f"{name}_overlay.mp4")
+    if "json" in outputs:
+        os.replace(lines_tmp, out / f"{name}.jsonl")
     episodes, start = [], None
     for i, pos in enumerate(positives + [False]):
         if pos and start is None:
@@ -362,14 +391,24 @@ def predict_video(p: Predictor, path: Path, out: Path, name: str, batch_size: in
     return summary
 
 
-def _write_image_outputs(stem: Path, rgb: np.ndarray, pred: Prediction) -> None:
-    write_png(stem.with_name(stem.name + "_mask.png"), pred.mask.astype(np.uint8) * 255)
-    write_png(stem.with_name(stem.name + "_overlay.png"), overlay(rgb, pred))
-    atomic.write_json(stem.with_name(stem.name + ".json"), pred.to_json())
+def _write_image_outputs(stem: Path, rgb: np.ndarray, pred: Prediction, outputs=frozenset(OUTPUTS)) -> None:
+    if "mask" in outputs:
+        write_png(stem.with_name(stem.name + "_mask.png"), pred.mask.astype(np.uint8) * 255)
+    if "overlay" in outputs:
+        write_png(stem.with_name(stem.name + "_overlay.png"), overlay(rgb, pred))
+    if "json" in outputs:
+        atomic.write_json(stem.with_name(stem.name + ".json"), pred.to_json())
 
 
 def _predict_images(
-    p: Predictor, images: list[Path], out_dir: Path, used: set[str], batch_size: int, bar, problems: list[str]
+    p: Predictor,
+    images: list[Path],
+    out_dir: Path,
+    used: set[str],
+    batch_size: int,
+    bar,
+    problems: list[str],
+    outputs=frozenset(OUTPUTS),
 ) -> int:
     """Mask, overlay and JSON per image; returns how many were written. Unreadable files go to `problems`.
     The outputs are written by other threads while the network runs on the next batch (NOTES 42): as many
@@ -389,7 +428,7 @@ def _predict_images(
             if not batch:
                 continue
             for f, rgb, pred in zip(names, batch, p.predict_batch(batch, [str(n) for n in names])):
-                writes.submit(_write_image_outputs, out_dir / _out_name(f, used), rgb, pred)
+                writes.submit(_write_image_outputs, out_dir / _out_name(f, used), rgb, pred, outputs)
                 done += 1
     return done
 
@@ -406,12 +445,15 @@ def predict_paths(
     device: str = "auto",
     overwrite: bool = False,
     min_score: float | None = None,
+    outputs: str | list[str] | tuple[str, ...] = OUTPUTS,
 ) -> bool:
-    """Write mask, overlay and JSON per image, and annotated video + JSON lines + summary per video.
+    """Write mask, overlay and JSON per image, and annotated video + JSON lines + summary per video
+    (`outputs`: which of json, mask, overlay; a video's summary is always written).
 
     Returns True if at least one input was processed. Unreadable inputs are reported and skipped.
     """
     at_least_one("--batch-size", batch_size)
+    outputs = parse_outputs(outputs)
     images, videos, problems = expand_inputs(inputs)
     if not images and not videos:
         raise PolypsegError("no images or videos found in " + ", ".join(inputs))
@@ -444,11 +486,11 @@ def predict_paths(
         bar = tqdm(
             total=len(images), unit="img", desc="predicting", leave=False, file=sys.stderr, disable=None
         )
-        done = frames_done = _predict_images(p, images, out_dir, used, batch_size, bar, problems)
+        done = frames_done = _predict_images(p, images, out_dir, used, batch_size, bar, problems, outputs)
         bar.close()
     for v in videos:
         try:
-            s = predict_video(p, v, out_dir, _out_name(v, used), batch_size)
+            s = predict_video(p, v, out_dir, _out_name(v, used), batch_size, outputs)
             done += 1
             frames_done += s["frames"]
         except PolypsegError as e:
