@@ -323,3 +323,35 @@ def test_bad_inputs_are_one_line_errors(tiny_run, cvc_subset, tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_stray_mask_pixels_are_not_polyps_to_detect(cvc, tmp_path, capsys):
+    """CVC-ClinicDB masks 14, 88 and 118 each hold a 1-px component beside the polyp. Counted as polyps, no
+    detection could find them: recall fell by one polyp per frame. By default (0.01% of the frame) they are
+    specks, counted apart; `--min-polyp-area 0` counts them as polyps again; a bad value is one line."""
+    from polypseg.detection import components
+    from polypseg.imageio import read_mask
+
+    data = tmp_path / "specks"
+    for d in ("images", "masks"):
+        (data / d).mkdir(parents=True)
+    for n in (14, 88, 118):
+        areas = sorted(c.area_px for c in components(read_mask(cvc / "PNG" / "Ground Truth" / f"{n}.png"))[1])
+        assert len(areas) == 2 and areas[0] == 1 and areas[1] > 4000  # a polyp and one stray pixel
+        (data / "images" / f"{n}.png").symlink_to(cvc / "PNG" / "Original" / f"{n}.png")
+        (data / "masks" / f"{n}.png").symlink_to(cvc / "PNG" / "Ground Truth" / f"{n}.png")
+    args = ("--data", data, "--split", "all", "--device", "cpu")
+    assert cli("evaluate", "full", *args, "--out", tmp_path / "default") == 0
+    assert "3 stray mask component(s) under 0.01% of the frame" in capsys.readouterr().out
+    assert cli("evaluate", "full", *args, "--out", tmp_path / "zero", "--min-polyp-area", "0") == 0
+    a, b = (json.loads((tmp_path / k / "metrics.json").read_text()) for k in ("default", "zero"))
+    assert (a["gt_specks"], b["gt_specks"]) == (3, 0)
+    da, db = a["detection"], b["detection"]
+    assert (db["tp"], db["fp"], db["fn"]) == (da["tp"], da["fp"], da["fn"] + 3)
+    assert da["recall"] > db["recall"] and a["segmentation"]["dice"] == b["segmentation"]["dice"]
+    assert "stray mask components not counted as polyps" in (tmp_path / "default" / "report.html").read_text()
+    capsys.readouterr()
+    assert cli("evaluate", "full", *args, "--out", tmp_path / "bad", "--min-polyp-area", "tiny") == 2
+    err = capsys.readouterr().err
+    assert "--min-polyp-area: expected pixels (50) or a share of the frame" in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()

@@ -225,3 +225,19 @@ def test_hd95_in_the_masks_box_equals_the_whole_frame(polypgen):
             edge,
         ):
             assert hd95(pred, gt) == pytest.approx(whole_frame(pred, gt), abs=1e-9)
+
+
+def test_ground_truth_specks_are_neither_found_nor_missed():
+    """A ground-truth component under min_polyp_area is a speck: not a polyp to find (no FN), and a
+    detection centred on it is neither TP nor FP; with min_polyp_area 0 it is a polyp like any other."""
+    gt = box(40, 40, 5, 20, 5, 20) | box(40, 40, 30, 31, 30, 31)  # a polyp and a 1-px speck
+    on_polyp, on_speck = box(40, 40, 8, 12, 8, 12), box(40, 40, 29, 32, 29, 32)
+    c = detection.match(on_polyp, gt, min_polyp_area=2)
+    assert (c.tp, c.fp, c.fn, c.n_polyps) == (1, 0, 0, 1)
+    c = detection.match(on_polyp | on_speck, gt, min_polyp_area=2)
+    assert (c.tp, c.fp, c.fn, c.n_detections) == (1, 0, 0, 1)
+    f = detection.assign(detection.components(on_polyp | on_speck)[1], gt, min_polyp_area=2)
+    assert (f.n_polyps, f.specks) == (1, 1)
+    c = detection.match(on_polyp, gt)
+    assert (c.tp, c.fn, c.n_polyps) == (1, 1, 2)
+    assert detection.match(on_polyp | on_speck, gt).tp == 2

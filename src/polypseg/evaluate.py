@@ -263,13 +263,18 @@ class _Frame:
     thumbs: tuple
 
 
-def _score_frame(pair, group, rgb: np.ndarray, pred, thr: float, min_score: float) -> _Frame:
+def _score_frame(
+    pair, group, rgb: np.ndarray, pred, thr: float, min_score: float, min_polyp_area: int | str
+) -> _Frame:
     """Every per-frame result of one predicted frame against its mask (runs on a worker thread)."""
     gt = read_mask(pair.mask)
     prob = pred.probability
     q = np.clip(np.round(prob * 255), 0, 255).astype(np.int64)
-    # the predictor's own components (min_area applied), each with its score
-    dets = detection.assign([c for c, _ in pred.components], gt, [s for _, s in pred.components])
+    # the predictor's own components (min_area applied), each with its score; specks in the mask ignored
+    speck = detection.min_area_px(min_polyp_area, *gt.shape, name="--min-polyp-area")
+    dets = detection.assign(
+        [c for c, _ in pred.components], gt, [s for _, s in pred.components], min_polyp_area=speck
+    )
     counts = dets.counts(min_score)
     row = {
         "name": pair.name,
@@ -282,6 +287,7 @@ def _score_frame(pair, group, rgb: np.ndarray, pred, thr: float, min_score: floa
         "det_tp": counts.tp,
         "det_fp": counts.fp,
         "det_fn": counts.fn,
+        "gt_specks": dets.specks,
     }
     sweep = None
     if gt.any():
@@ -323,6 +329,7 @@ def evaluate(
     progress: bool = True,
     quiet: bool = False,
     groups: str | None = None,
+    min_polyp_area: int | str = detection.DEFAULT_MIN_POLYP_AREA,
 ) -> dict:
     """Evaluate a checkpoint on a dataset; write metrics.json, per_image.csv and report.html to `out`.
 
@@ -330,9 +337,11 @@ def evaluate(
     the checkpoint was trained with, if it names every frame). With sequences known, the metrics are
     also given by sequence and the confidence intervals resample whole sequences. `min_score` is the
     lowest peak probability of a component counted as a detected polyp (None: the checkpoint's); the detection curve in
-    metrics.json gives recall and false alarms at other minimum scores.
+    metrics.json gives recall and false alarms at other minimum scores. Ground-truth components under
+    `min_polyp_area` (a share of the frame, or pixels) are annotation specks, not polyps to detect.
     """
     at_least_one("--batch-size", batch_size)
+    detection.parse_min_area(min_polyp_area, "--min-polyp-area")
     ckpt_paths = resolve_checkpoints(checkpoint)
     out_dir = atomic.claim_output_dir(out, overwrite, "pass --overwrite to replace its contents")
     predictor = Predictor.from_checkpoint(
@@ -392,7 +401,16 @@ def evaluate(
             preds = predictor.predict_batch(frames, [str(p.image) for p in group])
             for pair, rgb, pred in zip(group, frames, preds):
                 resized += rgb.shape[:2] != (predictor.height, predictor.width)
-                scoring.submit(_score_frame, pair, group_of[pair.name], rgb, pred, thr, predictor.min_score)
+                scoring.submit(
+                    _score_frame,
+                    pair,
+                    group_of[pair.name],
+                    rgb,
+                    pred,
+                    thr,
+                    predictor.min_score,
+                    min_polyp_area,
+                )
     if bar:
         bar.close()
 
@@ -455,6 +473,9 @@ def evaluate(
         "threshold": thr,
         "min_area": min_area,
         "min_score": predictor.min_score,
+        # ground-truth components under this are stray pixels, not polyps to detect; how many there were
+        "min_polyp_area": min_polyp_area,
+        "gt_specks": sum(r["gt_specks"] for r in rows),
         "network_input": [predictor.height, predictor.width],
         "resize_note": f"{resized} of {len(rows)} frames were resized to the network's "
         f"{predictor.height}x{predictor.width} (height x width) and their probabilities resized back; "
@@ -525,6 +546,11 @@ def format_table(m: dict) -> str:
         f"FP/frame {f(d['fp_per_frame'])}"
         + (f"   (components scoring >= {m['min_score']:g})" if m.get("min_score") else ""),
     ]
+    if m.get("gt_specks"):
+        lines.append(
+            f"  {m['gt_specks']} stray mask component(s) under {m['min_polyp_area']} of the frame "
+            "not counted as polyps (--min-polyp-area)"
+        )
     stricter = detection.stricter_points(m.get("detection_curve", []), m.get("min_score", 0.0), digits=4)
     if stricter:
         lines.append(f"  with --min-score {stricter}")

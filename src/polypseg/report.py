@@ -92,6 +92,12 @@ def write_report(path, metrics: dict, rows: list[dict], thumbs: list, dice_curve
             for k in ("recall", "precision", "f1", "fp_per_frame", "tp", "fp", "fn")
         )
         + f"<tr><td>minimum score</td><td>{metrics.get('min_score', 0.0):g}</td></tr>"
+        + (
+            "<tr><td>stray mask components not counted as polyps (under "
+            f"{html.escape(str(metrics['min_polyp_area']))} of the frame)</td><td>{metrics['gt_specks']}</td></tr>"
+            if "gt_specks" in metrics
+            else ""
+        )
     )
     cls_rows = "".join(
         f"<tr><td>{k}</td><td>{_fmt(cls[k])}</td></tr>"
