@@ -44,7 +44,9 @@ def ordered_frames(runs: list[Path], data: Path, batch: int = 16):
             group = names[i : i + batch]
             for n, pred in zip(group, p.predict_batch([read_rgb(pairs[n].image) for n in group])):
                 comps = [c for c, _ in pred.components]
-                dets = detection.assign(comps, read_mask(pairs[n].mask), [s for _, s in pred.components])
+                gt = read_mask(pairs[n].mask)
+                speck = detection.min_area_px(detection.DEFAULT_MIN_POLYP_AREA, *gt.shape)  # as evaluate
+                dets = detection.assign(comps, gt, [s for _, s in pred.components], min_polyp_area=speck)
                 yield str(run), seq[n], dets, comps
 
 
@@ -56,7 +58,9 @@ def persistence(frames, k: int, pad: int) -> dict:
         ages = [1 + max((a for b, a in prev if overlaps(c.box_xyxy, b, pad)), default=0) for c in comps]
         if position >= k - 1:
             kept = [i for i, a in enumerate(ages) if a >= k]
-            sub = detection.FrameDetections([1.0] * len(kept), [dets.hits[i] for i in kept], dets.n_polyps)
+            sub = detection.FrameDetections(
+                [1.0] * len(kept), [dets.hits[i] for i in kept], dets.n_polyps, dets.specks
+            )
             counts.append(sub.counts())
         prev, position = [(c.box_xyxy, a) for c, a in zip(comps, ages)], position + 1
     return {"k": k, "pad": pad, **detection.summarize(counts)}
