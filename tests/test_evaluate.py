@@ -104,8 +104,21 @@ def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     # The report is one self-contained HTML file with its images inside.
     p = _Images()
     p.feed((out / "report.html").read_text())
-    # Three metric tables, the detection curve and one by sequence (the training's groups CSV names these frames).
-    assert p.tables == 5 and len(p.srcs) >= 3 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    # Three metric tables, the detection curve, one by polyp area and one by sequence (the training's groups
+    # CSV names these frames).
+    assert p.tables == 6 and len(p.srcs) >= 3 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    # By polyp area: every polyp and every frame with one in exactly one bin, adding up to the totals.
+    sizes, det = m["by_size"], m["detection"]
+    assert [b["size"] for b in sizes] == ["under 1%", "1-5%", "5% and more"]
+    assert (
+        sum(b["found"] for b in sizes) == det["tp"]
+        and sum(b["polyps"] for b in sizes) == det["tp"] + det["fn"]
+    )
+    assert sum(b["frames"] for b in sizes) == m["polyp_frames"]
+    shares = [float(r["polyp_share"]) for r in rows]
+    assert [sum(1.0 <= x < 5.0 for x in shares), sum(x >= 5.0 for x in shares)] == [
+        b["frames"] for b in sizes[1:]
+    ]
     # Outputs are as readable as anything else the user creates (the temp folder was 0700).
     assert (out.stat().st_mode & 0o777) == plain_mode(is_dir=True)
 
@@ -132,7 +145,7 @@ def test_evaluate_by_sequence(tiny_run, cvc, cvc_subset, tmp_path, capsys):
     assert {r["name"]: r["group"] for r in rows}["80"] == "5"
     p = _Images()
     p.feed((out / "report.html").read_text())
-    assert p.tables == 5  # the three metric tables, the detection curve and the one by sequence
+    assert p.tables == 6  # the three metric tables, the detection curve, by polyp area and by sequence
 
     # Data without a built-in table: --groups names the sequences.
     (tmp_path / "g.csv").write_text("frame,sequence\n" + "".join(f"{n},{n % 2}\n" for n in range(1, 100)))

@@ -241,3 +241,20 @@ def test_ground_truth_specks_are_neither_found_nor_missed():
     c = detection.match(on_polyp, gt)
     assert (c.tp, c.fn, c.n_polyps) == (1, 1, 2)
     assert detection.match(on_polyp | on_speck, gt).tp == 2
+
+
+def test_recall_by_polyp_area():
+    """Each polyp lands in the bin of its own area as a share of the frame; found means hit at the score."""
+    gt = box(100, 100, 0, 30, 0, 30) | box(100, 100, 50, 53, 50, 53) | box(100, 100, 80, 84, 0, 4)
+    # 900 px (9%), 9 px (0.09%) and 16 px (0.16%) of a 100x100 frame; the large one and one small one hit
+    pred = box(100, 100, 10, 20, 10, 20) | box(100, 100, 50, 53, 50, 53)
+    f = detection.assign(detection.components(pred)[1], gt, [0.95, 0.6])
+    assert sorted(f.shares.values()) == [0.09, 0.16, 9.0]
+    bins = detection.recall_by_size([f])
+    assert [(b["size"], b["polyps"], b["found"]) for b in bins] == [
+        ("under 1%", 2, 1),
+        ("1-5%", 0, 0),
+        ("5% and more", 1, 1),
+    ]
+    assert math.isnan(bins[1]["recall"]) and bins[0]["recall"] == 0.5
+    assert [b["found"] for b in detection.recall_by_size([f], min_score=0.9)] == [0, 0, 1]

@@ -10,7 +10,7 @@ is neither TP nor FP.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from polypseg.errors import PolypsegError
@@ -139,10 +139,15 @@ class FrameDetections:
     hits: list[int]  # per detection: the polyp's label, 0 (a false positive) or SPECK (ignored)
     n_polyps: int
     specks: int = 0  # ground-truth components under the minimum polyp area, not counted as polyps
+    shares: dict[int, float] = field(default_factory=dict)  # each polyp's area, % of the frame, by label
+
+    def found(self, min_score: float = 0.0) -> set[int]:
+        """Labels of the polyps hit by a detection scoring at least `min_score`."""
+        return {h for s, h in zip(self.scores, self.hits) if s >= min_score and h > 0}
 
     def counts(self, min_score: float = 0.0) -> DetectionCounts:
         kept = [h for s, h in zip(self.scores, self.hits) if s >= min_score and h != SPECK]
-        tp = len({h for h in kept if h})
+        tp = len(self.found(min_score))
         return DetectionCounts(tp, kept.count(0), self.n_polyps - tp, self.n_polyps, len(kept))
 
 
@@ -168,6 +173,7 @@ def assign(
         hits,
         len(gt_comps) - len(specks),
         len(specks),
+        {c.label: 100 * c.area_px / gt.size for c in gt_comps if c.label not in specks},
     )
 
 
@@ -184,6 +190,36 @@ CURVE_MIN_SCORES = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 def curve(frames: list[FrameDetections], min_scores=CURVE_MIN_SCORES) -> list[dict]:
     """Detection rates over all frames at each minimum score."""
     return [{"min_score": s, **summarize([f.counts(s) for f in frames])} for s in min_scores]
+
+
+# Apparent polyp size, the polyp's area as a share of the frame (%): under 1%, 1-5%, 5% and more. The
+# middle bin holds the median polyp of PolypGen-val (4.7%); CVC-ClinicDB's median is 6.0%. Apparent size
+# mixes true size with distance from the lens, so this is how visible the polyp is, not its size in mm.
+SIZE_EDGES = (1.0, 5.0)
+
+
+def size_bin(share: float, edges=SIZE_EDGES) -> int:
+    return sum(share >= e for e in edges)
+
+
+def size_labels(edges=SIZE_EDGES) -> list[str]:
+    inner = [f"{a:g}-{b:g}%" for a, b in zip(edges, edges[1:])]
+    return [f"under {edges[0]:g}%", *inner, f"{edges[-1]:g}% and more"]
+
+
+def recall_by_size(frames: list[FrameDetections], min_score: float = 0.0, edges=SIZE_EDGES) -> list[dict]:
+    """Per-polyp recall in each apparent-size bin: how many polyps of that size, and how many were found."""
+    polyps, found = [0] * (len(edges) + 1), [0] * (len(edges) + 1)
+    for f in frames:
+        hit = f.found(min_score)
+        for label, share in f.shares.items():
+            b = size_bin(share, edges)
+            polyps[b] += 1
+            found[b] += label in hit
+    return [
+        {"size": name, "polyps": n, "found": k, "recall": k / n if n else float("nan")}
+        for name, n, k in zip(size_labels(edges), polyps, found)
+    ]
 
 
 def stricter_points(points: list[dict], used: float = 0.0, digits: int = 3) -> str:

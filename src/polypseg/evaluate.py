@@ -252,6 +252,16 @@ def per_group(
     return out
 
 
+def by_size(rows: list[dict], det_frames: list, min_score: float) -> list[dict]:
+    """Per apparent-size bin (detection.SIZE_EDGES): per-polyp recall, each polyp binned by its own area,
+    and the mean Dice@threshold and mDice of the frames whose polyp area (all polyps together) falls in it."""
+    out = detection.recall_by_size(det_frames, min_score)
+    for b, entry in enumerate(out):
+        frames = [r for r in rows if not r["negative"] and detection.size_bin(r["polyp_share"]) == b]
+        entry.update(frames=len(frames), **{k: _nanmean(r[k] for r in frames) for k in ("dice", "mdice")})
+    return out
+
+
 @dataclass
 class _Frame:
     row: dict
@@ -293,6 +303,7 @@ def _score_frame(
     if gt.any():
         m, sweep = frame_metrics(prob, gt, thr)
         row.update(m)
+        row["polyp_share"] = 100 * float(gt.sum()) / gt.size  # apparent size: % of the frame
     else:
         row["fp_pixels"] = int(pred.mask.sum())
     thumbs = (
@@ -488,6 +499,8 @@ def evaluate(
         if dataset.parts
         else [],
         "detection": det,
+        # by the polyp's area as a share of the frame (how visible it is, not its size in mm)
+        "by_size": by_size(rows, det_frames, predictor.min_score),
         # recall against false alarms per frame as the minimum score rises (FROC-style)
         "detection_curve": detection.curve(
             det_frames, sorted({*detection.CURVE_MIN_SCORES, predictor.min_score})
@@ -554,6 +567,14 @@ def format_table(m: dict) -> str:
     stricter = detection.stricter_points(m.get("detection_curve", []), m.get("min_score", 0.0), digits=4)
     if stricter:
         lines.append(f"  with --min-score {stricter}")
+    sizes = [b for b in m.get("by_size", []) if b["polyps"] or b["frames"]]
+    if sizes:
+        lines.append("  by polyp area (share of the frame; apparent size, not mm)")
+    for b in sizes:
+        lines.append(
+            f"  {b['size']:>13s}: {b['found']:4d} of {b['polyps']:4d} polyps found ({f(b['recall'])})   "
+            f"{b['frames']:4d} frames, Dice@{m['threshold']} {f(b['dice'])}"
+        )
     at = lines.index("detection per polyp (centroid rule)")  # per-group rows go above it
     seqs = [g for g in m.get("per_sequence", []) if g["polyp_frames"]]
     if len(seqs) > 1:

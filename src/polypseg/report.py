@@ -126,6 +126,20 @@ def write_report(path, metrics: dict, rows: list[dict], thumbs: list, dice_curve
         + "</tr>"
         for c in metrics.get("detection_curve", [])
     )
+    size_rows = "".join(
+        f"<tr><td>{html.escape(b['size'])}</td><td>{b['polyps']}</td><td>{b['found']}</td><td>{_fmt(b['recall'])}</td>"
+        f"<td>{b['frames']}</td><td>{_fmt(b['dice'])}</td><td>{_fmt(b['mdice'])}</td></tr>"
+        for b in metrics.get("by_size", [])
+    )
+    size_table = (
+        "<h2>By polyp area</h2><p>Each polyp binned by its area as a share of the frame (apparent size: near "
+        "polyps look large, so this is how visible it is, not its size in mm); each frame by the area of "
+        "all its polyps. Recall at the minimum score in use.</p>"
+        f"<table><tr><th>area</th><th>polyps</th><th>found</th><th>recall</th><th>frames</th>"
+        f"<th>{names['dice']}</th><th>mDice</th></tr>{size_rows}</table>"
+        if size_rows
+        else ""
+    )
     curve_table = (
         "<h2>Detection at other minimum scores</h2><p>A component counts as a detected polyp only if its "
         "highest probability reaches the minimum score (<code>--min-score</code>): fewer false alarms, "
@@ -168,7 +182,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{margin:0.6
 <table><tr><th>segmentation (mean per image)</th><th></th></tr>{seg_rows}</table>
 <table><tr><th>detection per polyp</th><th></th></tr>{det_rows}</table>
 <table><tr><th>frame classification</th><th></th></tr>{cls_rows}</table>
-{interval}{curve_table}{seq_table}
+{interval}{curve_table}{size_table}{seq_table}
 <h2>Curves</h2><img src="data:image/png;base64,{dice_png}"> <img src="data:image/png;base64,{pr_png}">
 <h2>Worst frames (image | truth | prediction)</h2>{gallery(worst)}
 <h2>Best frames</h2>{gallery(best)}
