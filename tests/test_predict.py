@@ -142,41 +142,17 @@ def test_outputs_choose_what_is_written(tiny_run, frames, cvc, tmp_path, capsys)
     mask,overlay leaves out the JSON; the records are those of a full run; a wrong name is a one-line
     error before anything is written."""
     video = _clip(cvc, tmp_path / "clip.avi", frames=6)
-    full, only = tmp_path / "full", tmp_path / "json"
-    args = ["--device", "cpu", "--batch-size", "4"]
-    assert cli("predict", tiny_run / "best.pt", frames / "cvc5.png", video, "--out", full, *args) == 0
-    assert (
-        cli(
-            "predict",
-            tiny_run / "best.pt",
-            frames / "cvc5.png",
-            video,
-            "--out",
-            only,
-            *args,
-            "--outputs",
-            "json",
-        )
-        == 0
-    )
+
+    def run(out, *outputs):
+        inputs = (frames / "cvc5.png", video, "--out", tmp_path / out, "--device", "cpu", "--batch-size", "4")
+        return cli("predict", tiny_run / "best.pt", *inputs, *outputs)
+
+    only, pictures = tmp_path / "json", tmp_path / "pictures"
+    assert run("full") == 0 and run("json", "--outputs", "json") == 0
     assert sorted(x.name for x in only.iterdir()) == ["clip.jsonl", "clip_summary.json", "cvc5.json"]
     for name in ("clip.jsonl", "clip_summary.json", "cvc5.json"):
-        assert (only / name).read_text() == (full / name).read_text()
-    pictures = tmp_path / "pictures"
-    assert (
-        cli(
-            "predict",
-            tiny_run / "best.pt",
-            frames / "cvc5.png",
-            video,
-            "--out",
-            pictures,
-            *args,
-            "--outputs",
-            "mask,overlay",
-        )
-        == 0
-    )
+        assert (only / name).read_text() == (tmp_path / "full" / name).read_text()
+    assert run("pictures", "--outputs", "mask,overlay") == 0
     assert sorted(x.name for x in pictures.iterdir()) == [
         "clip_overlay.mp4",
         "clip_summary.json",
