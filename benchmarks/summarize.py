@@ -129,6 +129,16 @@ def pooled(folds: list[dict], by_sequence: bool) -> tuple[str, dict]:
         )
     if "detection_curve" in out:  # the same at each minimum score (evaluate's --min-score)
         text += f" At a minimum score of {detection.stricter_points(out['detection_curve'])}."
+    if "by_size" in out:  # polyps by their area as a share of the frame
+        text += (
+            " By polyp area: "
+            + "; ".join(
+                f"{b['size']} {b['found']} of {b['polyps']} found, Dice@0.5 {b['dice']:.4f} over {b['frames']} frames"
+                for b in out["by_size"]
+                if b["polyps"] or b["frames"]
+            )
+            + "."
+        )
     if by_sequence:
         seqs = {}
         for m in folds:

@@ -48,6 +48,22 @@ def test_cv_scores_every_frame_once_and_continues(cvc_subset, subset_groups, tmp
             sum(m["detection_curve"][i][k] for m in per_fold) for k in ("tp", "fp", "fn", "frames")
         ]
     assert pooled_curve[0] == {"min_score": 0.0, **r["pooled"]["detection"]}
+    # By polyp area, pooled: each bin's polyps, finds and frames summed over the folds, and its Dice the
+    # mean over those frames.
+    sizes, det = r["pooled"]["by_size"], r["pooled"]["detection"]
+    assert (
+        sum(b["found"] for b in sizes) == det["tp"]
+        and sum(b["polyps"] for b in sizes) == det["tp"] + det["fn"]
+    )
+    assert sum(b["frames"] for b in sizes) == 40 and "by polyp area (share of the frame" in printed
+    for i, b in enumerate(sizes):
+        fold_bins = [m["by_size"][i] for m in per_fold]
+        assert b["polyps"] == sum(x["polyps"] for x in fold_bins)
+        shares = [float(x["polyp_share"]) for x in rows]
+        in_bin = [float(x["dice"]) for x, v in zip(rows, shares) if [v < 1, 1 <= v < 5, v >= 5][i]]
+        assert b["frames"] == len(in_bin) and (
+            not in_bin or b["dice"] == pytest.approx(statistics.fmean(in_bin))
+        )
     assert r["mean"]["dice"] == pytest.approx(statistics.fmean(f["dice"] for f in r["folds"]))
     assert "2-fold cross-validation" in printed and f"Dice@0.5 {r['pooled']['dice']['mean']:.4f}" in printed
     assert f"as one ensemble, for data none of them trained on: --checkpoint {out}" in printed

@@ -60,7 +60,11 @@ def pool(eval_dirs: list[Path], dataset: str | None = None) -> dict:
     if "det_tp" in rows[0]:  # evaluations from before per-frame detection counts have none
         tp, fp, fn = (sum(int(r[k]) for r in rows) for k in ("det_tp", "det_fp", "det_fn"))
         out["detection"] = detection.rates(tp, fp, fn, len(rows))
-    curves = [json.loads((Path(d) / "metrics.json").read_text()).get("detection_curve") for d in eval_dirs]
+    metrics = [json.loads((Path(d) / "metrics.json").read_text()) for d in eval_dirs]
+    sizes = [m.get("by_size") for m in metrics]
+    if dataset is None and all(sizes) and len({tuple(b["size"] for b in k) for k in sizes}) == 1:
+        out["by_size"] = detection.pool_by_size(sizes)  # which polyps the folds missed, by apparent size
+    curves = [m.get("detection_curve") for m in metrics]
     if dataset is None and all(curves) and len({tuple(c["min_score"] for c in k) for k in curves}) == 1:
         # the held-out frames of every fold together: where to choose a --min-score, before any test set
         out["detection_curve"] = [
@@ -347,6 +351,7 @@ def format_table(r: dict) -> str:
     stricter = detection.stricter_points(p.get("detection_curve", []))
     if stricter:
         lines.append(f"  with --min-score {stricter}")
+    lines += detection.size_lines(p.get("by_size", []))
     for name, d in r.get("per_dataset", {}).items():
         lines.append(
             f"  {name}: {d['polyp_frames']} frames with a polyp, Dice@0.5 {d['dice']['mean']:.4f} "

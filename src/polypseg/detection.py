@@ -222,6 +222,45 @@ def recall_by_size(frames: list[FrameDetections], min_score: float = 0.0, edges=
     ]
 
 
+def pool_by_size(parts: list[list[dict]]) -> list[dict]:
+    """Several evaluations' `by_size` bins as one: polyps, found and frames summed, Dice and mDice the
+    frame-weighted means."""
+    out = []
+    for bins in zip(*parts):
+        frames = sum(b["frames"] for b in bins)
+        polyps, found = sum(b["polyps"] for b in bins), sum(b["found"] for b in bins)
+        mean = {
+            k: sum(b["frames"] * b[k] for b in bins if b["frames"]) / frames if frames else float("nan")
+            for k in ("dice", "mdice")
+        }
+        recall = found / polyps if polyps else float("nan")
+        out.append(
+            {
+                "size": bins[0]["size"],
+                "polyps": polyps,
+                "found": found,
+                "recall": recall,
+                "frames": frames,
+                **mean,
+            }
+        )
+    return out
+
+
+def size_lines(bins: list[dict], threshold: float = 0.5) -> list[str]:
+    """The `by_size` bins as lines for a table on screen (bins with neither polyps nor frames left out)."""
+    kept = [b for b in bins if b["polyps"] or b["frames"]]
+
+    def num(v: float) -> str:
+        return "  n/a" if math.isnan(v) else f"{v:.4f}"
+
+    return (["  by polyp area (share of the frame; apparent size, not mm)"] if kept else []) + [
+        f"  {b['size']:>13s}: {b['found']:4d} of {b['polyps']:4d} polyps found ({num(b['recall'])})   "
+        f"{b['frames']:4d} frames, Dice@{threshold} {num(b['dice'])}"
+        for b in kept
+    ]
+
+
 def stricter_points(points: list[dict], used: float = 0.0, digits: int = 3) -> str:
     """Two points of a detection curve above the minimum score in use, in words for a table on screen:
     "0.9: recall 0.866, FP/frame 0.093; 0.99: ..." ("" when the curve has neither)."""

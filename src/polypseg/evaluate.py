@@ -567,14 +567,7 @@ def format_table(m: dict) -> str:
     stricter = detection.stricter_points(m.get("detection_curve", []), m.get("min_score", 0.0), digits=4)
     if stricter:
         lines.append(f"  with --min-score {stricter}")
-    sizes = [b for b in m.get("by_size", []) if b["polyps"] or b["frames"]]
-    if sizes:
-        lines.append("  by polyp area (share of the frame; apparent size, not mm)")
-    for b in sizes:
-        lines.append(
-            f"  {b['size']:>13s}: {b['found']:4d} of {b['polyps']:4d} polyps found ({f(b['recall'])})   "
-            f"{b['frames']:4d} frames, Dice@{m['threshold']} {f(b['dice'])}"
-        )
+    lines += detection.size_lines(m.get("by_size", []), m["threshold"])
     at = lines.index("detection per polyp (centroid rule)")  # per-group rows go above it
     seqs = [g for g in m.get("per_sequence", []) if g["polyp_frames"]]
     if len(seqs) > 1:
