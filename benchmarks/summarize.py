@@ -104,8 +104,8 @@ def paired(folds: list[dict], baseline: list[Path]) -> tuple[str, dict]:
         f"Against the baseline on the same {out['frames']} frames with a polyp ({unit}; "
         f"of {out['of'][0]} and {out['of'][1]}): Dice@0.5 **{d['mean']:+.4f}** ({interval(d['ci95'], '+')}), "
         f"mDice **{md['mean']:+.4f}** ({interval(md['ci95'], '+')}); "
-        "paired bootstrap resampling whole sequences, 2000 draws. The interval covers the choice of test "
-        "frames, not the training seed."
+        f"paired bootstrap resampling {'whole sequences' if out['sequences'] else 'frames'}, 2000 draws. The "
+        "interval covers the choice of test frames, not the training seed."
     )
     return text, out
 

@@ -67,6 +67,9 @@ def test_cv_scores_every_frame_once_and_continues(cvc_subset, subset_groups, tmp
     assert r["mean"]["dice"] == pytest.approx(statistics.fmean(f["dice"] for f in r["folds"]))
     assert "2-fold cross-validation" in printed and f"Dice@0.5 {r['pooled']['dice']['mean']:.4f}" in printed
     assert f"as one ensemble, for data none of them trained on: --checkpoint {out}" in printed
+    # `polypseg compare` takes a cv folder as its folds' evaluations together.
+    assert main(["compare", str(out), str(out / "fold0" / "eval")]) == 0
+    assert "20 frames scored by both" in capsys.readouterr().out
 
     # The same command again trains nothing; a fold killed after its last.pt is continued, not restarted.
     # A config.yaml written before a key existed (model.depth here) still matches at that key's default.

@@ -205,6 +205,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     _inference_args(ev)
 
+    cm = sub.add_parser(
+        "compare",
+        help="two evaluations of the same frames, frame by frame, with intervals over sequences",
+        formatter_class=fmt,
+        epilog="examples:\n  polypseg compare eval_new/ eval_old/             # two `evaluate` folders\n"
+        "  polypseg compare runs/cv_lite0 runs/cv_fast      # two finished `cv` folders",
+    )
+    cm.add_argument("this", help="an evaluate folder or a finished cv folder")
+    cm.add_argument("baseline", help="the same, for the model to compare against")
+    cm.add_argument("--json", help="also write the comparison here")
+
     pr = sub.add_parser(
         "predict",
         help="masks, overlays and polyp boxes for images, folders and videos",
@@ -444,6 +455,17 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
+def _cmd_compare(a) -> int:
+    from polypseg import atomic
+    from polypseg.compare import compare, format_compare
+
+    r = compare(a.this, a.baseline)
+    print(format_compare(r))
+    if a.json:
+        atomic.write_json(Path(a.json), r)
+    return 0
+
+
 def _cmd_predict(a) -> int:
     from polypseg.predict import predict_paths
 
@@ -517,6 +539,7 @@ COMMANDS = {
     ("train", None): _cmd_train,
     ("cv", None): _cmd_cv,
     ("evaluate", None): _cmd_evaluate,
+    ("compare", None): _cmd_compare,
     ("predict", None): _cmd_predict,
     ("export", None): _cmd_export,
     ("benchmark", None): _cmd_benchmark,

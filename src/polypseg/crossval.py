@@ -35,6 +35,12 @@ FOLD_COLUMNS = [
 ]
 
 
+def _sequences_known(groups: list[str]) -> bool:
+    """Whether the frames' groups are video sequences: every frame has one and some hold several (an
+    evaluation without sequences names each frame its own group, as evaluate decides)."""
+    return all(groups) and len(set(groups)) < len(groups)
+
+
 def pool(eval_dirs: list[Path], dataset: str | None = None) -> dict:
     """The frames of several evaluations together (per_image.csv): mean Dice@0.5, IoU@0.5 and mDice over
     frames with a polyp, each with an interval from a bootstrap over whole sequences (over frames when the evaluations
@@ -46,7 +52,7 @@ def pool(eval_dirs: list[Path], dataset: str | None = None) -> dict:
     pos = [r for r in rows if r["negative"] == "False"]
     if not pos:
         raise PolypsegError("no frame with a polyp in the evaluations to pool")
-    known = all(r["group"] for r in pos)
+    known = _sequences_known([r["group"] for r in pos])
     groups = [r["group"] if known else r["name"] for r in pos]
     out = {
         "frames": len(rows),
@@ -97,7 +103,7 @@ def paired(eval_dirs: list[Path], baseline_dirs: list[Path]) -> dict:
     if not common:
         raise PolypsegError("the baseline's evaluations share no frame with a polyp with these")
     group = {n: a[n].get("group") or b[n].get("group") for n in common}  # either side may name it
-    known = all(group.values())
+    known = _sequences_known(list(group.values()))
     groups = [group[n] if known else n for n in common]
     out = {
         "frames": len(common),
@@ -111,16 +117,16 @@ def paired(eval_dirs: list[Path], baseline_dirs: list[Path]) -> dict:
     return out
 
 
-def _baseline_evals(baseline: str | os.PathLike) -> list[Path]:
-    """The fold evaluations of a finished `polypseg cv` folder."""
-    cv_json = Path(baseline) / "cv.json"
+def fold_evaluations(folder: str | os.PathLike, flag: str = "--baseline") -> list[Path]:
+    """The fold evaluations of a finished `polypseg cv` folder (`flag`: the option that named it)."""
+    cv_json = Path(folder) / "cv.json"
     if not cv_json.is_file():
-        raise PolypsegError(f"--baseline {baseline}: no cv.json there (a finished `polypseg cv` folder)")
-    k = cv_folds(Path(baseline))
-    evals = [Path(baseline) / f"fold{i}" / "eval" for i in range(k)]
+        raise PolypsegError(f"{flag} {folder}: no cv.json there (a finished `polypseg cv` folder)")
+    k = cv_folds(Path(folder))
+    evals = [Path(folder) / f"fold{i}" / "eval" for i in range(k)]
     missing = [e for e in evals if not (e / "per_image.csv").is_file()]
     if missing:
-        raise PolypsegError(f"--baseline {baseline}: {missing[0]} holds no evaluation (per_image.csv)")
+        raise PolypsegError(f"{flag} {folder}: {missing[0]} holds no evaluation (per_image.csv)")
     return evals
 
 
@@ -232,7 +238,7 @@ def cross_validate(
     if cfg.data.split:
         raise PolypsegError("data.split fixes one split; cv makes its own k folds (drop data.split)")
     at_least_one("--jobs", jobs)
-    baseline_evals = _baseline_evals(baseline) if baseline is not None else None
+    baseline_evals = fold_evaluations(baseline) if baseline is not None else None
     cfg = copy.deepcopy(cfg)
     cfg.data.split_by = "kfold"
     # a wrong data folder, no usable pairs or too few groups for k folds are named before anything is written
