@@ -83,6 +83,7 @@ def test_health_docs_page(server):
     h = httpx.get(base + "/health").json()
     assert h["status"] == "ok" and h["model"] == full["arch"]
     assert h["input"] == [full["input"]["height"], full["input"]["width"]] and h["output"] == "head L4"
+    assert h["precision"] in ("fp32", "bf16 autocast")  # bf16 on a CPU with native bf16 (devices.use_bf16)
     assert "/predict" in httpx.get(base + "/openapi.json").json()["paths"]
     assert httpx.get(base + "/docs").status_code == 200
     assert 'id="drop"' in httpx.get(base + "/").text

@@ -107,6 +107,7 @@ def create_app(
             "threshold": predictor.threshold,
             "min_score": predictor.min_score,
             "device": predictor.device_name(),
+            "precision": predictor.precision,
         }
 
     @app.post("/predict")
@@ -179,7 +180,7 @@ def run(
     port = sock.getsockname()[1]  # the one the system chose for --port 0
     print(
         f"polypseg serving {predictor.meta.get('arch', {}).get('name')} ({predictor.output}) on http://{host}:{port}/ "
-        f"({predictor.device_name()}); API docs at /docs",
+        f"({predictor.device_name()}, {predictor.precision}); API docs at /docs",
         flush=True,
     )
     server = uvicorn.Server(uvicorn.Config(create_app(predictor), log_level="warning"))
