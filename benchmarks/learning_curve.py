@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from summarize import load
 
-from polypseg.crossval import polyp_rows
+from polypseg.compare import polyp_rows
 from polypseg.data.splits import Split, cvc_clinicdb_groups
 
 

@@ -20,8 +20,8 @@ import statistics
 from pathlib import Path
 
 from polypseg import detection
-from polypseg.crossval import paired as compare
-from polypseg.crossval import pool
+from polypseg.compare import paired as compare
+from polypseg.compare import pool
 from polypseg.errors import PolypsegError
 
 # (label, section, key, digits)
