@@ -431,16 +431,10 @@ def _checkpoint(a) -> list[str] | str | None:
     return a.checkpoint or ("fast" if a.mode == "fast" else None)
 
 
-def _cmd_evaluate(a) -> int:
-    from polypseg.evaluate import evaluate
-
-    evaluate(
+def _inference(a) -> dict:
+    """The model and inference options `evaluate` and `predict` share (`_inference_args`), as keywords."""
+    return dict(
         checkpoint=_checkpoint(a),
-        data=a.data,
-        images=a.images,
-        masks=a.masks,
-        split=a.split,
-        out=a.out,
         threshold=a.threshold,
         prune=_prune(a),
         tta=a.tta,
@@ -449,8 +443,21 @@ def _cmd_evaluate(a) -> int:
         device=a.device,
         batch_size=a.batch_size,
         overwrite=a.overwrite,
+    )
+
+
+def _cmd_evaluate(a) -> int:
+    from polypseg.evaluate import evaluate
+
+    evaluate(
+        data=a.data,
+        images=a.images,
+        masks=a.masks,
+        split=a.split,
+        out=a.out,
         groups=a.groups,
         min_polyp_area=a.min_polyp_area,
+        **_inference(a),
     )
     return 0
 
@@ -469,20 +476,7 @@ def _cmd_compare(a) -> int:
 def _cmd_predict(a) -> int:
     from polypseg.predict import predict_paths
 
-    ok = predict_paths(
-        a.inputs,
-        out=a.out,
-        checkpoint=_checkpoint(a),
-        threshold=a.threshold,
-        tta=a.tta,
-        prune=_prune(a),
-        batch_size=a.batch_size,
-        min_area=a.min_area,
-        min_score=a.min_score,
-        device=a.device,
-        overwrite=a.overwrite,
-        outputs=a.outputs,
-    )
+    ok = predict_paths(a.inputs, out=a.out, outputs=a.outputs, **_inference(a))
     return 0 if ok else 1
 
 
