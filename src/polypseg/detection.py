@@ -129,6 +129,9 @@ class DetectionCounts:
     n_detections: int
 
 
+SPECK = -1  # FrameDetections.hits: a detection centred on a ground-truth speck (neither TP nor FP)
+
+
 @dataclass
 class FrameDetections:
     """One frame's detections under the centroid rule: each predicted component's score (its peak
@@ -149,9 +152,6 @@ class FrameDetections:
         kept = [h for s, h in zip(self.scores, self.hits) if s >= min_score and h != SPECK]
         tp = len(self.found(min_score))
         return DetectionCounts(tp, kept.count(0), self.n_polyps - tp, self.n_polyps, len(kept))
-
-
-SPECK = -1
 
 
 def assign(
