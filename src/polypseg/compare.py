@@ -27,6 +27,16 @@ from polypseg.metrics import grouped_bootstrap_ci
 from polypseg.network import cv_folds
 
 
+def read_rows(eval_dirs: list[Path]) -> list[dict]:
+    """The per_image.csv rows of several evaluation folders, in order."""
+    return [r for d in eval_dirs for r in csv.DictReader(open(Path(d) / "per_image.csv"))]
+
+
+def frame_rows(eval_dirs: list[Path]) -> dict[str, dict]:
+    """Frame name -> per_image.csv row over several evaluation folders (a cv's folds hold each frame once)."""
+    return {r["name"]: r for r in read_rows(eval_dirs)}
+
+
 def _sequences_known(groups: list[str]) -> bool:
     """Whether the frames' groups are video sequences: every frame has one and some hold several (an
     evaluation without sequences names each frame its own group, as evaluate decides)."""
@@ -38,7 +48,7 @@ def pool(eval_dirs: list[Path], dataset: str | None = None) -> dict:
     frames with a polyp, each with an interval from a bootstrap over whole sequences (over frames when the evaluations
     knew no sequences, which is too narrow), and per-polyp detection summed over every frame. `dataset`: only
     the frames of that dataset of a combination (named DATASET/stem)."""
-    rows = [r for d in eval_dirs for r in csv.DictReader(open(Path(d) / "per_image.csv"))]
+    rows = read_rows(eval_dirs)
     if dataset is not None:
         rows = [r for r in rows if split_name(r["name"])[0] == dataset]
     pos = [r for r in rows if r["negative"] == "False"]
@@ -77,12 +87,7 @@ def pool(eval_dirs: list[Path], dataset: str | None = None) -> dict:
 
 def polyp_rows(eval_dirs: list[Path]) -> dict[str, dict]:
     """Frame name -> per_image.csv row over several evaluation folders, frames with a polyp only."""
-    return {
-        r["name"]: r
-        for d in eval_dirs
-        for r in csv.DictReader(open(Path(d) / "per_image.csv"))
-        if r["negative"] == "False"
-    }
+    return {n: r for n, r in frame_rows(eval_dirs).items() if r["negative"] == "False"}
 
 
 def paired(eval_dirs: list[Path], baseline_dirs: list[Path]) -> dict:
@@ -132,10 +137,6 @@ def evaluations(path: str | Path) -> list[Path]:
     raise PolypsegError(f"{path}: neither an evaluate folder (metrics.json, per_image.csv) nor a cv folder")
 
 
-def _rows(dirs: list[Path]) -> dict[str, dict]:
-    return {r["name"]: r for d in dirs for r in csv.DictReader(open(d / "per_image.csv"))}
-
-
 def _side(rows: list[dict]) -> dict:
     """One model's figures on the common frames."""
     pos = [r for r in rows if r["negative"] == "False"]
@@ -153,7 +154,7 @@ def compare(this: str | Path, baseline: str | Path) -> dict:
     data = {json.loads((d / "metrics.json").read_text()).get("data") for d in a_dirs + b_dirs}
     if len(data) > 1:
         raise PolypsegError("these evaluations scored different data: " + ", ".join(sorted(map(str, data))))
-    a, b = _rows(a_dirs), _rows(b_dirs)
+    a, b = frame_rows(a_dirs), frame_rows(b_dirs)
     common = sorted(set(a) & set(b))
     result = {"this": str(this), "baseline": str(baseline), "data": data.pop(), **paired(a_dirs, b_dirs)}
     result["all_frames"] = len(common)
