@@ -37,6 +37,12 @@ def frame_rows(eval_dirs: list[Path]) -> dict[str, dict]:
     return {r["name"]: r for r in read_rows(eval_dirs)}
 
 
+def _detection(rows: list[dict]) -> dict:
+    """Per-polyp detection over these per_image.csv rows, every frame's counts summed."""
+    tp, fp, fn = (sum(int(r[k]) for r in rows) for k in ("det_tp", "det_fp", "det_fn"))
+    return detection.rates(tp, fp, fn, len(rows))
+
+
 def _sequences_known(groups: list[str]) -> bool:
     """Whether the frames' groups are video sequences: every frame has one and some hold several (an
     evaluation without sequences names each frame its own group, as evaluate decides)."""
@@ -66,8 +72,7 @@ def pool(eval_dirs: list[Path], dataset: str | None = None) -> dict:
         vals = [float(r[key]) for r in pos]
         out[key] = {"mean": statistics.fmean(vals), "ci95": list(grouped_bootstrap_ci(vals, groups))}
     if "det_tp" in rows[0]:  # evaluations from before per-frame detection counts have none
-        tp, fp, fn = (sum(int(r[k]) for r in rows) for k in ("det_tp", "det_fp", "det_fn"))
-        out["detection"] = detection.rates(tp, fp, fn, len(rows))
+        out["detection"] = _detection(rows)
     metrics = [json.loads((Path(d) / "metrics.json").read_text()) for d in eval_dirs]
     sizes = [m.get("by_size") for m in metrics]
     if dataset is None and all(sizes) and len({tuple(b["size"] for b in k) for k in sizes}) == 1:
@@ -142,8 +147,7 @@ def _side(rows: list[dict]) -> dict:
     pos = [r for r in rows if r["negative"] == "False"]
     out = {k: statistics.fmean(float(r[k]) for r in pos) for k in ("dice", "mdice")}
     if rows and "det_tp" in rows[0]:
-        tp, fp, fn = (sum(int(r[k]) for r in rows) for k in ("det_tp", "det_fp", "det_fn"))
-        out["detection"] = detection.rates(tp, fp, fn, len(rows))
+        out["detection"] = _detection(rows)
     labels = np.array([r["negative"] == "False" for r in rows])
     out["auroc"] = auroc(np.array([float(r["polyp_present_score"]) for r in rows]), labels)
     return out
