@@ -15,6 +15,7 @@
 #   ONLY=random,fold0,full,fold1 SKIP=bench WORK=/tmp/suite bash benchmarks/gpu_suite.sh
 #   ONLY=fold2,fold3,fold4,fast,unet SKIP="throughput conventional" GRAPH=<what call 1 logged> WORK=/tmp/suite2 bash ...
 # (the training-size throughput stage adds ~40 s to call 1; fold0_native, fold 0 at 288x384, needs a third.)
+# full_large trains the bundled model's candidate at 160x224 beside `full` (ONLY=full,full_large).
 # Data travel as lossless WebP in .devdata (benchmarks/devdata.py pack, 37 MiB; the PNGs beside the ~25-MiB
 # tracked tree exceed the 64-MiB transfer); the first call unpacks them outside the repository, where the
 # warm machine keeps them for the next call (start it within ~30 s):
@@ -53,10 +54,13 @@ LANES=${LANES:-1}
 DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" TT="--width 32 --size $HW" BENCH="--iters 50 --no-onnx" VARIANTS=${VARIANTS:-b64,graph}
 LOOP_VARIANTS=${LOOP_VARIANTS:-graph}
 FAST_SIZE='"model.width=16", "data.height=64", "data.width=80"' NATIVE='"data.height=288", "data.width=384"'
+# full_large: the bundled model's candidate at 2.9x the pixels of 96x128 (NOTES 58), judged on PolypGen-val.
+LARGE='"data.height=160", "data.width=224"'
 if [ "$QUICK" = quick ]; then  # a CPU dry run of the script itself, tiny sizes
   T_RANDOM=4 T_FOLD=3 T_FULL=3 T_FAST=3 T_UNET=3 BENCH_S=1 DEV=cpu VARIANTS=b32
   COMMON="$COMMON --set data.height=64 --set data.width=96 --set model.width=4"  # 96: encoder runs need multiples of 32
   FAST_SIZE='"model.width=4", "data.height=48", "data.width=64"' NATIVE='"data.height=64", "data.width=96"'
+  LARGE='"data.height=64", "data.width=96"'
   TP="--width 4 --size 64 80" TT="--width 4 --size 64 80" BENCH="--iters 2 --height 64 --width 80 --no-onnx"
 fi
 START=$(date +%s)
@@ -109,6 +113,7 @@ FULL_EPOCHS=${E_FULL:+", \"optim.epochs=$E_FULL\""}
     echo "{\"name\": \"fold$f\", \"seconds\": $T_FOLD, \"set\": [\"data.split_by=kfold\", \"data.fold=$f\"], \"evaluate\": [$ev]},"
     [ "$f" = 0 ] && echo "{\"name\": \"fold0_native\", \"seconds\": $T_FOLD, \"set\": [\"data.split_by=kfold\", \"data.fold=0\", $NATIVE], \"evaluate\": [[]]},"
     [ "$f" = 0 ] && echo "{\"name\": \"full\", \"seconds\": $T_FULL, \"set\": [\"data.split_by=none\"$FULL_EPOCHS], \"export\": \"unetpp_cvc.safetensors\"},"
+    [ "$f" = 0 ] && echo "{\"name\": \"full_large\", \"seconds\": $T_FULL, \"set\": [\"data.split_by=none\", $LARGE$FULL_EPOCHS], \"export\": \"unetpp_cvc_large.safetensors\"},"
   done
   echo "{\"name\": \"fast\", \"seconds\": $T_FAST, \"set\": [\"data.split_by=kfold\", \"data.fold=0\", $FAST_SIZE], \"evaluate\": [[], [\"--mode\", \"accurate\"], $PRUNE], \"export\": \"unetpp_fast_cvc.safetensors\"},"
   echo "{\"name\": \"unet\", \"seconds\": $T_UNET, \"set\": [\"data.split_by=kfold\", \"data.fold=0\", \"model.name=unet\"], \"evaluate\": [[]]}"
