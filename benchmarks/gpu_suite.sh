@@ -106,7 +106,7 @@ PRUNE='["--prune", "1"], ["--prune", "2"], ["--prune", "3"]'
 FULL_EPOCHS=${E_FULL:+", \"optim.epochs=$E_FULL\""}
 {
   echo '['
-  echo "{\"name\": \"random\", \"seconds\": $T_RANDOM, \"set\": [\"data.split_by=frame\"], \"evaluate\": [[]]},"
+  echo "{\"name\": \"random\", \"seconds\": $T_RANDOM, \"set\": [\"data.split_by=frame\"], \"evaluate\": [[], [\"--tta\"]]},"
   for f in $FOLDS; do
     # Every fold with the default output (head L4) and with the mean of the heads (NOTES 21, 28, 29), 5 s each.
     ev="[], [\"--mode\", \"accurate\"]"; [ "$f" = 0 ] && ev="$ev, [\"--tta\"], $PRUNE"
