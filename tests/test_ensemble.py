@@ -27,20 +27,20 @@ def tiny_cv(cvc_subset, subset_groups, tmp_path_factory):
 
 
 def test_an_ensemble_is_the_mean_of_its_models_each_at_its_own_size(cvc):
-    """The bundled full (96x128) and fast (64x96) models: the ensemble's probabilities are the mean of
+    """The bundled full (160x224) and fast (64x96) models: the ensemble's probabilities are the mean of
     each model's own, the fast one's resized to the first model's grid; with flip TTA too."""
     frames = [read_rgb(cvc / "PNG" / "Original" / f"{i}.png") for i in (5, 300)]
     frames.append(cv2.resize(frames[0], (500, 333)))  # another frame size
     full = Predictor.from_checkpoint("full", device="cpu")
     fast = Predictor.from_checkpoint("fast", device="cpu")
     both = Predictor.from_checkpoint(["full", "fast"], device="cpu", min_score=0.0)
-    assert (both.height, both.width) == (full.height, full.width) == (96, 128)
+    assert (both.height, both.width) == (full.height, full.width) == (160, 224)
     assert (fast.height, fast.width) == (64, 96)
     assert both.output == "head L4, mean of 2 models"
     for tta in (False, True):
         full.tta = fast.tta = both.tta = tta
         a, b = full.network_probabilities(frames), fast.network_probabilities(frames)
-        b = np.stack([cv2.resize(q, (128, 96), interpolation=cv2.INTER_LINEAR) for q in b])
+        b = np.stack([cv2.resize(q, (224, 160), interpolation=cv2.INTER_LINEAR) for q in b])
         assert np.abs(a - b).max() > 0.05  # two different models: the mean is not either one
         np.testing.assert_allclose(both.network_probabilities(frames), (a + b) / 2, atol=1e-6)
     # The same model twice is that model.
@@ -52,11 +52,39 @@ def test_an_ensemble_is_the_mean_of_its_models_each_at_its_own_size(cvc):
 
 
 def test_models_that_store_different_operating_points_need_one_chosen(cvc, tmp_path, capsys):
-    """The bundled fast model carries minimum score 0.9, the full one none: the ensemble asks for one."""
+    """Both bundled models carry minimum score 0.9; a copy of full exported with 0 differs from fast, and
+    the ensemble asks for one."""
+    assert Predictor.from_checkpoint(["full", "fast"], device="cpu").min_score == 0.9
+    full0 = tmp_path / "full0.safetensors"
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                "full",
+                "--format",
+                "safetensors",
+                "--min-score",
+                "0",
+                "--out",
+                str(full0),
+            ]
+        )
+        == 0
+    )
     with pytest.raises(PolypsegError, match="different min scores .*--min-score"):
-        Predictor.from_checkpoint(["full", "fast"], device="cpu")
+        Predictor.from_checkpoint([str(full0), "fast"], device="cpu")
     img = cvc / "PNG" / "Original" / "5.png"
-    args = ["predict", "--checkpoint", "full", "--checkpoint", "fast", str(img), "--out", str(tmp_path / "p")]
+    args = [
+        "predict",
+        "--checkpoint",
+        str(full0),
+        "--checkpoint",
+        "fast",
+        str(img),
+        "--out",
+        str(tmp_path / "p"),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("polypseg: error: the models store different min scores (0.0, 0.9)")
@@ -125,7 +153,9 @@ def test_a_cv_folder_is_its_folds_ensemble(tiny_cv, cvc_subset, tmp_path, capsys
         main(["export", "--checkpoint", "full", "--checkpoint", "fast", "--out", str(tmp_path / "x.onnx")])
         == 2
     )
-    assert "an ONNX ensemble takes one input size; these models take 64x96, 96x128" in capsys.readouterr().err
+    assert (
+        "an ONNX ensemble takes one input size; these models take 64x96, 160x224" in capsys.readouterr().err
+    )
     st = ["export", "--checkpoint", str(tiny_cv), "--format", "safetensors", "--out", str(tmp_path / "x.st")]
     assert main(st) == 2
     assert "a safetensors file holds one model" in capsys.readouterr().err

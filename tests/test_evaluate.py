@@ -213,10 +213,10 @@ def test_evaluate_external_data_with_negatives(tiny_run, polypgen, tmp_path):
 
 
 # PolypGen-val frames on which the bundled full model marks components scoring both under and over 0.99:
-# two without a polyp (three false alarms peaking at 1.0, 0.87 and 0.84; one at 0.989) and three with one.
+# two without a polyp (three false alarms peaking at 0.999, 0.996 and 0.83; one at 0.94) and three with one.
 MIXED_SCORES = [
-    "14_endocv2021_positive_864",
     "13_endocv2021_positive_222",
+    "14_endocv2021_positive_864",
     "117OLCV1_100H0010",
     "12_endocv2021_positive_979",
     "161OLCV1_100S0021",
@@ -225,15 +225,21 @@ MIXED_SCORES = [
 
 def test_min_score_and_the_detection_curve(polypgen, tmp_path, capsys):
     """The detection curve is the detection counted again at each minimum score, and `--min-score` gives
-    that point's counts in evaluate and the same polyps in predict (the mask keeps every pixel)."""
+    that point's counts in evaluate and the same polyps in predict (the mask keeps every pixel); without
+    it, the minimum score stored in the model (0.9 in the bundled full model) applies."""
     (tmp_path / "s.json").write_text(
         json.dumps({"method": "group", "seed": 0, "train": [], "val": MIXED_SCORES})
     )
     args = ("--data", polypgen, "--split", tmp_path / "s.json", "--device", "cpu")
-    assert cli("evaluate", "full", *args, "--out", tmp_path / "all") == 0
+    assert cli("evaluate", "full", *args, "--out", tmp_path / "stored") == 0
+    stored = json.loads((tmp_path / "stored" / "metrics.json").read_text())
+    assert stored["min_score"] == 0.9
+    assert {"min_score": 0.9, **stored["detection"]} in stored["detection_curve"]
+    assert cli("evaluate", "full", *args, "--min-score", "0", "--out", tmp_path / "all") == 0
     m = json.loads((tmp_path / "all" / "metrics.json").read_text())
     curve = {c["min_score"]: c for c in m["detection_curve"]}
     assert m["min_score"] == 0.0 and curve[0.0] == {"min_score": 0.0, **m["detection"]}
+    assert m["detection_curve"] == stored["detection_curve"] and curve[0.9] != curve[0.0]
     fp = [c["fp"] for c in m["detection_curve"]]
     recall = [c["recall"] for c in m["detection_curve"]]
     assert fp == sorted(fp, reverse=True) and recall == sorted(recall, reverse=True)
@@ -250,7 +256,7 @@ def test_min_score_and_the_detection_curve(polypgen, tmp_path, capsys):
     assert "Detection at other minimum scores" in (tmp_path / "strict" / "report.html").read_text()
 
     frame = polypgen / "images" / f"{MIXED_SCORES[0]}.jpg"
-    for name, extra in (("p_all", ()), ("p_strict", ("--min-score", "0.99"))):
+    for name, extra in (("p_all", ("--min-score", "0")), ("p_strict", ("--min-score", "0.99"))):
         assert cli("predict", "full", frame, "--out", tmp_path / name, "--device", "cpu", *extra) == 0
     polyps = [
         json.loads((tmp_path / d / f"{MIXED_SCORES[0]}.json").read_text())["polyps"]
