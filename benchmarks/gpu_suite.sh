@@ -5,13 +5,15 @@
 # Writes $OUT/suite.log, $OUT/results.tgz (all JSON/CSV/PNG), the bundled models' weights; the run folders
 # go to WORK (default $OUT/work; on a GPU machine a folder outside $OUT, which returns only 8 files).
 # Results are packed after every stage and every training run, so a time-out still returns what finished.
-# Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET (E_FULL: full's in epochs); FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
+# Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET (E_FULL, E_FOLD, E_RANDOM: in epochs, the seconds then
+# only cap them); FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
 # SKIP="throughput conventional bench" leaves out stages already measured; LANES=N trains N runs at once;
 # SET="key=value ..." adds overrides to every run.
 # GRAPH=auto|on|off: whether the training runs capture their step in a CUDA graph (auto: if it ran 5%
 # faster in the loop at their size).
 # A 15-minute GPU window (start-up included) fits two calls back to back; the machine stays warm ~30 s
-# between them. Measured on an H200 (2026-11-28): call 1 408 s, call 2 248 s, 709 s held in all:
+# between them. The third window (2026-11-30) held 806 s for three calls of 291, 231 and 193 s (RESULTS ae).
+# Measured on an H200 (2026-11-28): call 1 408 s, call 2 248 s, 709 s held in all:
 #   ONLY=random,fold0,full,fold1 SKIP=bench WORK=/tmp/suite bash benchmarks/gpu_suite.sh
 #   ONLY=fold2,fold3,fold4,fast,unet SKIP="throughput conventional" GRAPH=<what call 1 logged> WORK=/tmp/suite2 bash ...
 # (the training-size throughput stage adds ~40 s to call 1; fold0_native, fold 0 at 288x384, needs a third.)
@@ -104,13 +106,16 @@ PRUNE='["--prune", "1"], ["--prune", "2"], ["--prune", "3"]'
 # E_FULL=N gives the bundled `full` model a budget in epochs (T_FULL then only caps it): on other centres
 # its edge came from its epochs (NOTES 30), and with several lanes a time budget buys an unknown number.
 FULL_EPOCHS=${E_FULL:+", \"optim.epochs=$E_FULL\""}
+# The same for the folds and the random split: with LANES=8 each run's first epoch and validation took
+# ~50 s of a 120-s budget (NOTES 60), so a time budget left the folds 29-35 epochs, unequal between them.
+FOLD_EPOCHS=${E_FOLD:+", \"optim.epochs=$E_FOLD\""} RANDOM_EPOCHS=${E_RANDOM:+", \"optim.epochs=$E_RANDOM\""}
 {
   echo '['
-  echo "{\"name\": \"random\", \"seconds\": $T_RANDOM, \"set\": [\"data.split_by=frame\"], \"evaluate\": [[], [\"--tta\"]]},"
+  echo "{\"name\": \"random\", \"seconds\": $T_RANDOM, \"set\": [\"data.split_by=frame\"$RANDOM_EPOCHS], \"evaluate\": [[], [\"--tta\"]]},"
   for f in $FOLDS; do
     # Every fold with the default output (head L4) and with the mean of the heads (NOTES 21, 28, 29), 5 s each.
     ev="[], [\"--mode\", \"accurate\"]"; [ "$f" = 0 ] && ev="$ev, [\"--tta\"], $PRUNE"
-    echo "{\"name\": \"fold$f\", \"seconds\": $T_FOLD, \"set\": [\"data.split_by=kfold\", \"data.fold=$f\"], \"evaluate\": [$ev]},"
+    echo "{\"name\": \"fold$f\", \"seconds\": $T_FOLD, \"set\": [\"data.split_by=kfold\", \"data.fold=$f\"$FOLD_EPOCHS], \"evaluate\": [$ev]},"
     [ "$f" = 0 ] && echo "{\"name\": \"fold0_native\", \"seconds\": $T_FOLD, \"set\": [\"data.split_by=kfold\", \"data.fold=0\", $NATIVE], \"evaluate\": [[]]},"
     [ "$f" = 0 ] && echo "{\"name\": \"full\", \"seconds\": $T_FULL, \"set\": [\"data.split_by=none\"$FULL_EPOCHS], \"export\": \"unetpp_cvc.safetensors\"},"
     [ "$f" = 0 ] && echo "{\"name\": \"full_large\", \"seconds\": $T_FULL, \"set\": [\"data.split_by=none\", $LARGE$FULL_EPOCHS], \"export\": \"unetpp_cvc_large.safetensors\"},"
