@@ -199,7 +199,7 @@ def _set_rng_state(state: dict, sample_gen, augment) -> None:
     augment.set_state(state["augment"])
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict], path: Path, held_out: bool = True) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,6 +214,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax[1].plot([v[0] for v in val], [v[1] for v in val], label="Dice@0.5")
         ax[1].plot([v[0] for v in val], [v[2] for v in val], label="IoU@0.5")
         ax[1].legend()
+    else:  # say why the plot is empty (data.split_by=none trains on every frame)
+        why = "no validation epoch" if held_out else "no validation frames\n(every frame trained on)"
+        ax[1].text(0.5, 0.5, why, ha="center", va="center")
     ax[1].set(xlabel="epoch", ylabel="validation", ylim=(0, 1))
     for a in ax:
         a.grid(alpha=0.3)
@@ -601,7 +604,7 @@ def _train(
         },
     }
     if info.main:
-        plot_curves(history, out / "curves.png")
+        plot_curves(history, out / "curves.png", held_out=bool(split.val))
         atomic.write_json(out / "summary.json", summary)
         if best_epoch <= 0:
             result = "no held-out frames: best.pt holds the final weights"
