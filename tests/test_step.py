@@ -86,12 +86,28 @@ def test_graph_step_refuses_a_cpu_model():
 
 
 def test_bf16_where_it_is_faster():
-    """bf16 autocast: always on CUDA; on a CPU only with native bf16 and no depthwise convolutions."""
-    from polypseg.devices import has_depthwise_conv, native_bf16_cpu, use_bf16
+    """bf16 autocast: always on CUDA; on a CPU only with native bf16, and for the Lite0 encoder only under a
+    decoder wide enough that depthwise convolutions do a small share of the work (NOTES 62)."""
+    from polypseg.devices import (
+        DEPTHWISE_SHARE_MAX,
+        depthwise_share,
+        has_depthwise_conv,
+        native_bf16_cpu,
+        use_bf16,
+    )
 
     vgg = create_model("unetpp", width=4)
-    lite = create_model("unetpp", width=4, encoder="efficientnet-lite0")
-    assert not has_depthwise_conv(vgg) and has_depthwise_conv(lite)
+    lite = create_model("unetpp", width=8, encoder="efficientnet-lite0")
+    wide = create_model("unetpp", width=32, encoder="efficientnet-lite0")
+    assert not has_depthwise_conv(vgg) and has_depthwise_conv(lite) and has_depthwise_conv(wide)
     assert use_bf16(torch.device("cuda"), vgg) and use_bf16(torch.device("cuda"), lite)
     assert use_bf16(torch.device("cpu"), vgg) == native_bf16_cpu()
     assert not use_bf16(torch.device("cpu"), lite)
+    assert use_bf16(torch.device("cpu"), wide) == native_bf16_cpu()
+    # The share: 4.2% of the multiply-adds under the width-8 decoder, 0.7% under width 32.
+    assert depthwise_share(wide) < DEPTHWISE_SHARE_MAX < depthwise_share(lite) < 0.1
+    # Counting runs the network in eval mode and leaves its mode and batch-norm statistics as they were.
+    wide.train()
+    stats = {k: v.clone() for k, v in wide.state_dict().items()}
+    depthwise_share(wide)
+    assert wide.training and all(torch.equal(v, wide.state_dict()[k]) for k, v in stats.items())

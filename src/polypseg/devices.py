@@ -43,19 +43,56 @@ def native_bf16_cpu() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def _is_depthwise(m: torch.nn.Module) -> bool:
+    return isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+
+
 def has_depthwise_conv(model: torch.nn.Module) -> bool:
-    return any(
-        isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules()
-    )
+    return any(_is_depthwise(m) for m in model.modules())
+
+
+def depthwise_share(model: torch.nn.Module) -> float:
+    """The share of the network's convolution multiply-adds done by depthwise convolutions (one 64x64 input
+    in eval mode, so batch-norm statistics are untouched; the share barely depends on the input size)."""
+    macs = {True: 0, False: 0}
+
+    def count(m, _, out):
+        macs[_is_depthwise(m)] += (
+            out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        )
+
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [m.register_forward_hook(count) for m in convs]
+    was_training = model.training
+    try:
+        model.eval()
+        p = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 64, 64, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return macs[True] / max(1, macs[True] + macs[False])
+
+
+# bf16 on a CPU pays off where dense convolutions dominate. UNet++ on EfficientNet-Lite0, 2 Intel Xeon cores
+# with AMX (benchmarks/NOTES.md 62, benchmarks/cpu_bf16.py): decoder width 8 (depthwise 4.2% of the
+# multiply-adds) ran inference 10-12% slower in bf16, width 16 (2.0%) level (fp32 kept), width 32 (0.7%)
+# 1.1-1.7x faster, inference and training alike.
+DEPTHWISE_SHARE_MAX = 0.015
 
 
 def use_bf16(device: torch.device, model: torch.nn.Module) -> bool:
-    """Whether bf16 autocast makes this model's training step faster on this device.
+    """Whether bf16 autocast makes this model's training step (and inference) faster on this device.
 
-    CUDA: always. CPU: where the CPU has native bf16 and the network has no depthwise convolutions. On
-    2 AMD EPYC cores with AVX512-BF16 (benchmarks/NOTES.md 36) the VGG UNet++ trains 1.4-1.9x faster in
-    bf16, while the EfficientNet-Lite encoder's depthwise convolutions make it slower than fp32.
+    CUDA: always. CPU: where the CPU has native bf16 and depthwise convolutions do under
+    DEPTHWISE_SHARE_MAX of the network's multiply-adds: the VGG UNet++ trains 1.4-1.9x faster in bf16
+    (NOTES 36), and so does the EfficientNet-Lite encoder under a wide decoder, while under a narrow one
+    its depthwise convolutions and many small ops make bf16 slower than fp32 (NOTES 62).
     """
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and native_bf16_cpu() and not has_depthwise_conv(model)
+    if device.type != "cpu" or not native_bf16_cpu():
+        return False
+    return not has_depthwise_conv(model) or depthwise_share(model) < DEPTHWISE_SHARE_MAX

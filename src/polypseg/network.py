@@ -113,7 +113,7 @@ class Network:
         self.prune = int(meta.get("prune", 0))  # 0: the mean of the heads (or a single-head model)
         self.head = head_of(meta)
         self.models = len(meta.get("ensemble") or [meta])  # an ONNX graph may hold an ensemble's mean
-        # bf16 where the training loop uses it (CUDA; a CPU with native bf16 and no depthwise convolutions)
+        # bf16 where the training loop uses it (CUDA; a CPU with native bf16, unless depthwise convolutions weigh)
         self.amp = net is not None and use_bf16(device, net)
 
     @classmethod
