@@ -78,6 +78,18 @@ def test_schedule_moves_a_tensor_learning_rate_in_place():
     assert opt2.param_groups[0]["lr"] == pytest.approx(1e-2 * lr_lambda(cfg, 2)(7), rel=1e-6)
 
 
+def test_step_takes_a_compiled_network():
+    """`train.compile=true` hands the step a torch.compile wrapper, which has no truth value (it raised
+    `TypeError: UNetPlusPlus does not support len()` before any training); compiling waits for the first
+    call, so building the step costs nothing here."""
+    model = create_model("unetpp", width=4)
+    compiled = torch.compile(model)
+    opt = make_optimizer(model.parameters(), 1e-3, 0.0, torch.device("cpu"))
+    step = TrainStep(model, opt, seg_loss, amp=False, grad_clip=1.0, net=compiled)
+    assert step.net is compiled
+    assert TrainStep(model, opt, seg_loss, amp=False, grad_clip=1.0).net is model
+
+
 def test_graph_step_refuses_a_cpu_model():
     model = create_model("unet", width=4)
     opt = make_optimizer(model.parameters(), 1e-3, 0.0, torch.device("cpu"))

@@ -59,7 +59,7 @@ class TrainStep:
         warmup: int = 3,
     ):
         """`model` owns the parameters (clipped); `net` is what runs the forward (DDP or compiled wrapper)."""
-        self.net, self.opt, self.loss_fn = net or model, opt, loss_fn
+        self.net, self.opt, self.loss_fn = net if net is not None else model, opt, loss_fn
         self.amp, self.grad_clip, self.cuda_graph, self.warmup = amp, grad_clip, cuda_graph, warmup
         self.params = list(model.parameters())
         if cuda_graph and self.params[0].device.type != "cuda":
