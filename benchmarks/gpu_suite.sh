@@ -7,7 +7,7 @@
 # Results are packed after every stage and every training run, so a time-out still returns what finished.
 # Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET (E_FULL, E_FOLD, E_RANDOM: in epochs, the seconds then
 # only cap them); FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
-# SKIP="throughput conventional bench" leaves out stages already measured; LANES=N trains N runs at once;
+# SKIP="throughput conventional bench runs" leaves out stages already measured; LANES=N trains N runs at once;
 # SET="key=value ..." adds overrides to every run.
 # GRAPH=auto|on|off: whether the training runs capture their step in a CUDA graph (auto: if it ran 5%
 # faster in the loop at their size).
@@ -124,7 +124,7 @@ FOLD_EPOCHS=${E_FOLD:+", \"optim.epochs=$E_FOLD\""} RANDOM_EPOCHS=${E_RANDOM:+",
   echo "{\"name\": \"unet\", \"seconds\": $T_UNET, \"set\": [\"data.split_by=kfold\", \"data.fold=0\", \"model.name=unet\"], \"evaluate\": [[]]}"
   echo ']'
 } >"$W/plan.json"
-stage runs $PY benchmarks/suite_runs.py --plan "$W/plan.json" --data "$CVC" --work "$W" --device $DEV \
+skip runs || stage runs $PY benchmarks/suite_runs.py --plan "$W/plan.json" --data "$CVC" --work "$W" --device $DEV \
   --export-dir "$OUT" --after pack ${ONLY:+--only $ONLY} --lanes "$LANES" --common $COMMON
 
 # Tables for RESULTS.md from this call's evaluations (folds of two calls: summarize.py --folds on both).

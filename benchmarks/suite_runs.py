@@ -79,6 +79,9 @@ def main() -> int:
     plan = json.loads(Path(a.plan).read_text())
     if a.only:
         keep = set(a.only.split(","))
+        unknown = sorted(keep - {r["name"] for r in plan})
+        if unknown:  # a misspelt name would otherwise spend a GPU window training nothing
+            ap.error(f"--only names no run of the plan: {', '.join(unknown)}")
         plan = [r for r in plan if r["name"] in keep]
     preset, overrides, it = None, [], iter(a.common)
     for tok in it:  # --preset NAME / --set k=v, as on the command line

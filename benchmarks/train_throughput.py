@@ -121,10 +121,16 @@ def variants(names, device, width, size, batch, seconds, amp) -> dict:
 
 
 # The same speed-ups in the real loop (--loop-variants): its img/s, next to the network-alone variant.
+COMPILE_MAX = ["compile=true", "compile_mode=max-autotune-no-cudagraphs"]
 LOOP_VARIANTS = {
     "graph": dict(sets=["cuda_graph=true"]),
     "b64": dict(batch=64),
     "graph-b64": dict(batch=64, sets=["cuda_graph=true"]),
+    # torch.compile with autotuned kernels (Triton, fused BatchNorm + ReLU epilogues): the untried route to
+    # 600 img/s at 256x256 (NOTES 59). Compiling (minutes with autotuning) happens in the first epoch, which
+    # the rate leaves out; a time budget would end the run inside it, so these run a fixed 8 epochs.
+    "compile-max": dict(sets=[*COMPILE_MAX, "optim.epochs=8", "time_limit_s=0"]),
+    "compile-max-b64": dict(batch=64, sets=[*COMPILE_MAX, "optim.epochs=8", "time_limit_s=0"]),
     # The same loop as two torchrun processes (gloo on CPU, NCCL on two GPUs), the batch split between
     # them, each with half the cores for its threads (NOTES.md 31: small ops scale poorly over threads).
     "ddp2": dict(procs=2),
