@@ -311,7 +311,10 @@ def main():
         metavar="KEY=VALUE",
         help="config override for every polypseg-loop run, e.g. ema=0.99 to time the loop as a recipe trains",
     )
-    ap.add_argument("--json", default="benchmarks/results/train_throughput.json")
+    # Default outside the recorded results (out/ is ignored by git): a run records itself only when asked.
+    ap.add_argument(
+        "--json", default="out/train_throughput.json", help="write the results here (default: %(default)s)"
+    )
     a = ap.parse_args()
     unknown = [v for v in a.variants.split(",") if v and v not in VARIANTS]
     unknown += [v for v in a.loop_variants.split(",") if v and v not in LOOP_VARIANTS]
