@@ -165,7 +165,9 @@ def test_evaluate_by_sequence(tiny_run, cvc, cvc_subset, tmp_path, capsys):
     )
     m = json.loads((tmp_path / "g" / "metrics.json").read_text())
     assert m["output"] == "head L4, flip TTA" and "output head L4, flip TTA" in capsys.readouterr().out
-    assert "output head L4, flip TTA, device" in (tmp_path / "g" / "report.html").read_text()
+    report = (tmp_path / "g" / "report.html").read_text()
+    assert "output head L4, flip TTA, device" in report
+    assert f"threads), {m['precision']}." in report and m["precision"] in ("fp32", "bf16 autocast")
     assert [g["sequence"] for g in m["per_sequence"]] == ["0", "1"] and m["frames"] == 40
     # Without --groups: the CSV the checkpoint was trained with (it names every frame of this data).
     assert cli("evaluate", tiny_run / "best.pt", *sub, "--out", tmp_path / "own") == 0

@@ -58,6 +58,11 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
+def _precision(metrics: dict) -> str:
+    """The precision the network ran in, as ', bf16 autocast' (older metrics.json files lack it)."""
+    return f", {html.escape(metrics['precision'])}" if metrics.get("precision") else ""
+
+
 def _checkpoints(metrics: dict) -> str:
     """'Checkpoint <code>PATH</code> (sha256 ...)', or each model of an ensemble."""
     paths, hashes = metrics["checkpoint"], metrics["checkpoint_sha256"]
@@ -176,7 +181,7 @@ def write_report(path, metrics: dict, rows: list[dict], thumbs: list, dice_curve
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}figure{{margin:0.6em 0}}img{{max-width:100%}}code{{background:#f3f3f3}}</style></head><body>
 <h1>polypseg evaluation</h1>
 <p>Data <code>{html.escape(metrics["data"])}</code>: {metrics["frames"]} frames ({metrics["polyp_frames"]} with a polyp), {html.escape(metrics["split"])}.<br>
-{_checkpoints(metrics)}, threshold {metrics["threshold"]}, output {html.escape(metrics["output"])}, device {html.escape(metrics["device"])}.<br>
+{_checkpoints(metrics)}, threshold {metrics["threshold"]}, output {html.escape(metrics["output"])}, device {html.escape(metrics["device"])}{_precision(metrics)}.<br>
 {html.escape(metrics["resize_note"])}. Frames with an empty mask are left out of the segmentation means.</p>
 <h2>Metrics</h2>
 <table><tr><th>segmentation (mean per image)</th><th></th></tr>{seg_rows}</table>
