@@ -542,7 +542,7 @@ def format_table(m: dict) -> str:
     f = lambda v: "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
     lines = [
         f"{m['data']}: {m['frames']} frames ({m['polyp_frames']} with polyps), {m['split']}; threshold {m['threshold']}; "
-        f"output {m['output']}",
+        f"output {m['output']}" + (f"; {m['precision']}" if m.get("precision") else ""),
         "segmentation (frames with a polyp, mean per image)",
         f"  Dice@{m['threshold']:<5} {f(s['dice'])}   IoU@{m['threshold']:<5} {f(s['iou'])}   "
         f"mDice(256 thr) {f(s['mdice'])}   mIoU(256 thr) {f(s['miou'])}",
