@@ -116,6 +116,14 @@ def test_first_run_failing_stops_the_plan(cvc_subset, subset_groups, tmp_path):
     assert not (tmp_path / "w" / "b").exists()
 
 
+def test_only_refuses_a_name_of_no_run(cvc_subset, subset_groups, tmp_path):
+    """A misspelt --only would otherwise train nothing and spend a GPU window doing it."""
+    plan = [{"name": "fold0", "seconds": 60}, {"name": "fold1", "seconds": 60}]
+    p = _run(plan, tmp_path, cvc_subset, subset_groups, "w", extra=["--only", "fold0,fodl1"])
+    assert p.returncode == 2 and "--only names no run of the plan: fodl1" in p.stderr
+    assert not (tmp_path / "w").exists()
+
+
 def test_lanes_run_the_plan_in_parallel_processes(cvc_subset, subset_groups, tmp_path):
     # Dealt in turn: a and c to lane 0, bad to lane 1, where it is the first run and stops that lane only.
     plan = [
