@@ -1,6 +1,6 @@
 """docs/overlay.png: `polypseg predict` overlays side by side, with the ground truth outlined in magenta.
 
-    polypseg predict 'PolypGen-val/images/1[0-5]_*.jpg' --out pred/
+    polypseg predict 'PolypGen-val/images/1[0-5]_*.jpg' --out pred/      # or make demo's demo_out/predict
     python docs/overlay_figure.py pred/ PolypGen-val/masks/ 10_endocv2021_positive_1006 12_endocv2021_positive_979 \
         14_endocv2021_positive_864
 """
