@@ -7,7 +7,7 @@
 # Results are packed after every stage and every training run, so a time-out still returns what finished.
 # Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET (E_FULL, E_FOLD, E_RANDOM: in epochs, the seconds then
 # only cap them); FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
-# SKIP="throughput conventional bench runs" leaves out stages already measured; LANES=N trains N runs at once;
+# SKIP="throughput profile conventional bench runs" leaves out stages already measured; LANES=N trains N runs at once;
 # SET="key=value ..." adds overrides to every run.
 # GRAPH=auto|on|off: whether the training runs capture their step in a CUDA graph (auto: if it ran 5%
 # faster in the loop at their size).
@@ -85,6 +85,9 @@ CONV=""; case " $SKIP " in *" conventional "*) CONV="--skip conventional";; esac
 skip throughput || stage throughput $PY benchmarks/train_throughput.py --data "$CVC" --device $DEV $TP --batch 16 \
   --seconds $BENCH_S --workers 8 --backends torch --variants $VARIANTS --loop-variants "$LOOP_VARIANTS" $CONV \
   --json "$W/train_throughput.json"
+# Where the eager step's time goes at 256x256, op family by op family, against each family's roofline bound
+# (counted FLOPs and bytes at the card's peaks): which fusion or kernel could reach 600 img/s (NOTES 64).
+skip profile || stage profile $PY benchmarks/step_traffic.py $TP --batch 16 --profile $DEV --json "$W/step_traffic.json"
 # The same at the training runs' own size: at 256x256 the step is compute-bound and a CUDA graph gained 3%
 # on an H200, while at 96x128 per-kernel overhead dominates (NOTES.md 19), so the choice is made here.
 # The loop runs with the runs' EMA, so it is timed as they train.

@@ -10,6 +10,8 @@ Prints the device and writes JSON. Examples:
   python benchmarks/train_throughput.py --device cpu --width 8 --size 96 128 --seconds 40
   python benchmarks/train_throughput.py --device cuda --width 32 --size 256 256 --batch 16
   python benchmarks/train_throughput.py --device cpu --width 8 --size 96 128 --batch 8 --loop-variants ddp2
+  python benchmarks/train_throughput.py --device cpu --width 8 --size 64 80 --batch 8 --seconds 10 \
+      --variants torch-bn --repeat 5 --skip loop,conventional
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,15 +41,16 @@ from polypseg.step import TrainStep, make_optimizer
 from polypseg.train import train
 
 
-def network_alone(
-    device, width, size, batch, seconds, amp, channels_last=True, compile_mode=None, cuda_graph=False
-) -> dict:
-    """img/s of the training step alone on synthetic tensors; options are the speed-ups under test.
+def synthetic_step(
+    device, width, size, batch, amp, channels_last=True, compile_mode=None, cuda_graph=False, norm_layer=None
+) -> tuple[TrainStep, torch.Tensor, torch.Tensor]:
+    """The loop's training step (polypseg.step) on unetpp with synthetic tensors already on the device.
 
     compile_mode: None (eager) or a torch.compile mode; cuda_graph: capture the whole step (forward,
-    backward, clipping, AdamW) in one CUDA graph and replay it. Returns {"img_s", "warmup_s"}.
+    backward, clipping, AdamW) in one CUDA graph and replay it; norm_layer: None (the model's own) or
+    another BatchNorm class. Returns (step, x, y).
     """
-    model = create_model("unetpp", width=width).to(device)
+    model = create_model("unetpp", width=width, norm_layer=norm_layer).to(device)
     cuda = device.type == "cuda"
     if cuda_graph and not cuda:
         raise RuntimeError("CUDA graphs need a CUDA device")
@@ -59,9 +63,28 @@ def network_alone(
     x = (torch.rand(batch, 3, *size, device=device) * 255).contiguous(memory_format=fmt)
     y = (torch.rand(batch, 1, *size, device=device) > 0.5).float()
     net = torch.compile(model, mode=compile_mode) if compile_mode else model
-    # The loop's own step (polypseg.step), so that a variant that wins here is the one the loop runs.
-    step = TrainStep(model, opt, seg_loss, amp, 1.0, net=net, cuda_graph=cuda_graph, warmup=5)
+    # The loop's own step, so that a variant that wins here is the one the loop runs.
+    return TrainStep(model, opt, seg_loss, amp, 1.0, net=net, cuda_graph=cuda_graph, warmup=5), x, y
 
+
+def network_alone(
+    device,
+    width,
+    size,
+    batch,
+    seconds,
+    amp,
+    channels_last=True,
+    compile_mode=None,
+    cuda_graph=False,
+    norm_layer=None,
+) -> dict:
+    """img/s of the training step alone on synthetic tensors (`synthetic_step`); options are the
+    speed-ups under test. Returns {"img_s", "warmup_s"}."""
+    step, x, y = synthetic_step(
+        device, width, size, batch, amp, channels_last, compile_mode, cuda_graph, norm_layer
+    )
+    cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t_warm = time.perf_counter()
     for _ in range(6):  # eager warm-up (and, with a graph, the capture)
@@ -91,6 +114,8 @@ VARIANTS = {
     "compile-max": dict(compile_mode="max-autotune-no-cudagraphs"),
     "compile-graphs": dict(compile_mode="reduce-overhead"),
     "graph": dict(cuda_graph=True),
+    # torch's BatchNorm2d without polypseg's CPU detour for narrow channels_last maps (NOTES 64).
+    "torch-bn": dict(norm_layer=torch.nn.BatchNorm2d),
 }
 
 
@@ -303,6 +328,12 @@ def main():
         default="",
         help=f"the same in the polypseg loop, comma-separated: {','.join(LOOP_VARIANTS)}",
     )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="time the network alone and its --variants this many times, alternating; report medians",
+    )
     ap.add_argument("--skip", default="", help="parts to leave out, comma-separated: loop,conventional")
     ap.add_argument(
         "--set",
@@ -341,13 +372,27 @@ def main():
         f"device: {res['device']}; unetpp width {a.width} at {size[0]}x{size[1]}, batch {a.batch}; "
         f"loop: {precision}, channels_last"
     )
-    res["network_alone_img_s"] = round(
-        network_alone(device, a.width, size, a.batch, a.seconds, not a.no_amp)["img_s"], 1
-    )
-    print(f"  network alone (synthetic, on device):   {res['network_alone_img_s']:8.1f} img/s")
-    if a.variants:
-        res["variants"] = variants(
-            [v for v in a.variants.split(",") if v], device, a.width, size, a.batch, a.seconds, not a.no_amp
+    # With --repeat, the baseline and the variants alternate, so that drifting machine load hits all alike.
+    names = [v for v in a.variants.split(",") if v]
+    runs, var_runs = [], []
+    for _ in range(a.repeat):
+        runs.append(round(network_alone(device, a.width, size, a.batch, a.seconds, not a.no_amp)["img_s"], 1))
+        print(f"  network alone (synthetic, on device):   {runs[-1]:8.1f} img/s")
+        if names:
+            var_runs.append(variants(names, device, a.width, size, a.batch, a.seconds, not a.no_amp))
+    res["network_alone_img_s"] = statistics.median(runs)
+    if a.repeat > 1:
+        res["network_alone_img_s_all"] = runs
+    if names:
+        res["variants"] = var_runs[0]
+        for name, r in res["variants"].items():
+            rates = [v[name]["img_s"] for v in var_runs if "img_s" in v[name]]
+            if a.repeat > 1 and rates:
+                r.update(img_s=statistics.median(rates), img_s_all=rates)
+    if a.repeat > 1:
+        print(
+            f"  medians of {a.repeat}: network alone {res['network_alone_img_s']}, "
+            + ", ".join(f"{n} {r.get('img_s')}" for n, r in res.get("variants", {}).items())
         )
     skip = set(a.skip.split(","))
     for backend in a.backends.split(",") if "loop" not in skip else []:

@@ -213,3 +213,43 @@ def test_depth_of_unet_and_bad_depths():
     for name in MODELS:
         with pytest.raises(PolypsegError, match="depth takes 1..4, got 5"):
             create_model(name, depth=5)
+
+
+def test_narrow_channels_last_batch_norm_on_cpu_is_torchs(cvc, monkeypatch):
+    """The CPU detour for <= 8-channel channels_last maps (models.blocks.BatchNorm2d) is taken in training
+    and changes nothing: in float64 the same loss, gradients and running statistics as torch's
+    BatchNorm2d in channels_last (in fp32 the two differ by what torch's own NCHW and channels_last
+    kernels differ by, ~5e-4 of the largest gradient)."""
+    from tests.conftest import real_batch
+
+    from polypseg.losses import seg_loss
+    from polypseg.models.blocks import BatchNorm2d
+
+    x, y = real_batch(cvc, [1, 30, 55, 84], 64, 80)
+    x = x.double().contiguous(memory_format=torch.channels_last)
+    seen = []  # (channels, NCHW?) of every map torch's batch_norm is given
+    batch_norm = torch.nn.functional.batch_norm
+
+    def spy(t, *args, **kwargs):
+        seen.append(
+            (t.shape[1], t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last))
+        )
+        return batch_norm(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "batch_norm", spy)
+    runs = []
+    for norm in (BatchNorm2d, torch.nn.BatchNorm2d):
+        torch.manual_seed(0)
+        m = create_model("unetpp", width=8, norm_layer=norm).double().train()
+        m = m.to(memory_format=torch.channels_last)
+        seen.clear()
+        loss = seg_loss(m(x, heads=True), y)
+        loss.backward()
+        runs.append((loss.detach(), [p.grad for p in m.parameters()], list(m.buffers()), list(seen)))
+    (la, ga, ba, seen_a), (lb, gb, bb, seen_b) = runs
+    # the two norms of each full-resolution node X0_0..X0_4 (8 channels) go through NCHW, no others
+    assert [c for c, nchw in seen_a if nchw] == [8] * 10
+    assert not any(nchw for c, nchw in seen_a if c > 8) and not any(nchw for _, nchw in seen_b)
+    assert torch.allclose(la, lb, rtol=1e-12)
+    assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-14) for a, b in zip(ga, gb))
+    assert all(torch.allclose(a.double(), b.double(), rtol=1e-12) for a, b in zip(ba, bb))

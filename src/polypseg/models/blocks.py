@@ -11,6 +11,29 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """torch's BatchNorm2d, with one detour for CPU training of narrow networks.
+
+    PyTorch's CPU kernels for channels_last batch norm vectorise across channels; with 8 channels or
+    fewer (UNet++ width 8's full-resolution nodes, the `fast` preset) forward and backward ran ~2x
+    slower than the NCHW kernels plus a layout copy each way, and made a quarter of the training step
+    (benchmarks/NOTES.md 64). There, and only there, the map goes through NCHW; results, parameters and
+    state dict are torch's own.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.training
+            and x.device.type == "cpu"
+            and x.dim() == 4
+            and x.shape[1] <= 8
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 class VGGBlock(nn.Sequential):
     """(conv3x3 -> norm -> act) x 2, as in the UNet++ paper's nodes."""
 
@@ -19,7 +42,7 @@ class VGGBlock(nn.Sequential):
         in_channels: int,
         mid_channels: int,
         out_channels: int,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        norm_layer: type[nn.Module] = BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
     ):
         super().__init__(

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from polypseg.config import input_stride
-from polypseg.models.blocks import Normalize, VGGBlock, filters
+from polypseg.models.blocks import BatchNorm2d, Normalize, VGGBlock, filters
 
 
 class UNet(nn.Module):
@@ -20,7 +20,7 @@ class UNet(nn.Module):
         self,
         width: int = 32,
         num_classes: int = 1,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        norm_layer: type[nn.Module] = BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
         depth: int = 4,
     ):

@@ -17,7 +17,7 @@ from torch import nn
 
 from polypseg.config import ENCODERS, input_stride
 from polypseg.errors import PolypsegError
-from polypseg.models.blocks import Normalize, VGGBlock, filters
+from polypseg.models.blocks import BatchNorm2d, Normalize, VGGBlock, filters
 from polypseg.models.efficientnet_lite import (
     LITE_MEAN,
     LITE_SCALES,
@@ -62,7 +62,7 @@ class UNetPlusPlus(nn.Module):
         num_classes: int = 1,
         deep_supervision: bool = True,
         prune: int = 0,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        norm_layer: type[nn.Module] = BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
         encoder: str | None = None,
         encoder_weights: str | None = None,

@@ -1,0 +1,61 @@
+"""benchmarks/step_traffic.py, the roofline of one training step: its counts against the network's own
+arithmetic, and the profile of the real step on the CPU."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import step_traffic  # noqa: E402
+
+from polypseg.models import create_model  # noqa: E402
+
+
+def _forward_conv_flops(width: int, size: tuple[int, int], batch: int) -> int:
+    """2 * multiply-adds of every convolution in one forward pass, from the modules' shapes."""
+    model = create_model("unetpp", width=width)
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        total += 2 * out.numel() * mod.in_channels // mod.groups * k
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(hook)
+    with torch.device("meta"):
+        model.to("meta")(torch.empty(batch, 3, *size), heads=True)
+    return total
+
+
+def test_counts_match_the_networks_arithmetic_and_bounds_are_ordered():
+    counted = step_traffic.count(4, (64, 80), 2)
+    fams = counted["families"]
+    assert counted["params"] == sum(p.numel() for p in create_model("unetpp", width=4).parameters())
+    fwd = _forward_conv_flops(4, (64, 80), 2)
+    # Backward costs two forwards (input and weight gradients) except the first layer's input gradient,
+    # which nothing needs: so the step's conv FLOPs lie just under three forwards.
+    assert 2.9 * fwd < fams["conv"]["flop"] < 3 * fwd
+    # Every map the network makes is read and written: the families of a VGG-block UNet++ all move bytes,
+    # the conv's more than any elementwise family's.
+    for name in ("conv", "batchnorm", "relu", "concat", "upsample", "pool", "grad-sum", "adamw"):
+        assert fams[name]["read"] > 0 and fams[name]["written"] > 0, name
+    assert fams["conv"]["read"] > max(f["read"] for k, f in fams.items() if k != "conv")
+    b = step_traffic.bounds(fams, *step_traffic.CARDS["h200"], batch=2)["img_s_bound"]
+    assert b["eager"] < b["conv+bn"] < b["conv-only"]
+
+
+def test_the_seed_networks_step_costs_what_the_issue_says():
+    """UNet++ width 32 at 256x256: ~207 GFLOP per image for a training step (issue 3's figure)."""
+    fams = step_traffic.count(32, (256, 256), 1)["families"]
+    assert 205e9 < fams["conv"]["flop"] < 209e9
+
+
+def test_profile_on_the_cpu_times_every_family():
+    measured = step_traffic.profile(torch.device("cpu"), 4, (64, 80), 2, steps=2)
+    assert {"conv", "batchnorm", "upsample"} <= set(measured)
+    assert all(ms > 0 for ms in measured.values())
