@@ -80,14 +80,15 @@ skip() { case " $SKIP " in *" $1 "*) log "stage $1 skipped"; return 0;; esac; re
 log "device: $($PY -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")'); torch $($PY -c 'import torch; print(torch.__version__)')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$LOG" 2>&1
 
+# 0. Where the eager step's time goes at 256x256, op family by op family, against each family's roofline bound
+# (counted FLOPs and bytes at the card's peaks): which fusion or kernel could reach 600 img/s (NOTES 65).
+skip profile || stage profile $PY benchmarks/step_traffic.py $TP --batch 16 --profile $DEV --json "$W/step_traffic.json"
+
 # 1. Training throughput: network alone and its speed-up variants, our loop, (conventional pipeline).
 CONV=""; case " $SKIP " in *" conventional "*) CONV="--skip conventional";; esac
 skip throughput || stage throughput $PY benchmarks/train_throughput.py --data "$CVC" --device $DEV $TP --batch 16 \
   --seconds $BENCH_S --workers 8 --backends torch --variants $VARIANTS --loop-variants "$LOOP_VARIANTS" $CONV \
   --json "$W/train_throughput.json"
-# Where the eager step's time goes at 256x256, op family by op family, against each family's roofline bound
-# (counted FLOPs and bytes at the card's peaks): which fusion or kernel could reach 600 img/s (NOTES 64).
-skip profile || stage profile $PY benchmarks/step_traffic.py $TP --batch 16 --profile $DEV --json "$W/step_traffic.json"
 # The same at the training runs' own size: at 256x256 the step is compute-bound and a CUDA graph gained 3%
 # on an H200, while at 96x128 per-kernel overhead dominates (NOTES.md 19), so the choice is made here.
 # The loop runs with the runs' EMA, so it is timed as they train.

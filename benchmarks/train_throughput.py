@@ -78,9 +78,23 @@ def network_alone(
     compile_mode=None,
     cuda_graph=False,
     norm_layer=None,
+    cudnn_limit=None,
 ) -> dict:
     """img/s of the training step alone on synthetic tensors (`synthetic_step`); options are the
-    speed-ups under test. Returns {"img_s", "warmup_s"}."""
+    speed-ups under test (cudnn_limit: how many cuDNN algorithms cudnn.benchmark tries per convolution,
+    0 = all; torch's default tries 10). Returns {"img_s", "warmup_s"}."""
+    limit = torch.backends.cudnn.benchmark_limit
+    if cudnn_limit is not None:
+        torch.backends.cudnn.benchmark_limit = cudnn_limit
+    try:
+        return _time_step(
+            device, width, size, batch, seconds, amp, channels_last, compile_mode, cuda_graph, norm_layer
+        )
+    finally:
+        torch.backends.cudnn.benchmark_limit = limit
+
+
+def _time_step(device, width, size, batch, seconds, amp, channels_last, compile_mode, cuda_graph, norm_layer):
     step, x, y = synthetic_step(
         device, width, size, batch, amp, channels_last, compile_mode, cuda_graph, norm_layer
     )
@@ -116,6 +130,10 @@ VARIANTS = {
     "graph": dict(cuda_graph=True),
     # torch's BatchNorm2d without polypseg's CPU detour for narrow channels_last maps (NOTES 64).
     "torch-bn": dict(norm_layer=torch.nn.BatchNorm2d),
+    # cudnn.benchmark times every algorithm cuDNN offers for each convolution, not just its heuristics'
+    # top 10: the 256x256 step is convolution-bound at ~10% of the card's peak (NOTES 65).
+    "cudnn-all": dict(cudnn_limit=0),
+    "cudnn-all-b64": dict(cudnn_limit=0, batch=64),
 }
 
 
@@ -352,7 +370,10 @@ def main():
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)} / {list(LOOP_VARIANTS)}")
     device = torch.device(a.device)
-    data = resolve_data(a.data)
+    skip = set(a.skip.split(","))
+    # The network alone needs no data; the loops and the conventional pipeline do.
+    needs_data = {"loop", "conventional"} - skip or a.loop_variants
+    data = resolve_data(a.data) if needs_data else None
     size = tuple(a.size)
     res = {
         "device": device_name(device),
@@ -394,7 +415,6 @@ def main():
             f"  medians of {a.repeat}: network alone {res['network_alone_img_s']}, "
             + ", ".join(f"{n} {r.get('img_s')}" for n, r in res.get("variants", {}).items())
         )
-    skip = set(a.skip.split(","))
     for backend in a.backends.split(",") if "loop" not in skip else []:
         v = ours(data, a.device, a.width, size, a.batch, a.seconds, not a.no_amp, backend, a.set)
         res[f"polypseg_{backend}_img_s"] = round(v, 1)
