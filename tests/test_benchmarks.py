@@ -1,8 +1,13 @@
-"""benchmarks/step_traffic.py, the roofline of one training step: its counts against the network's own
-arithmetic, and the profile of the real step on the CPU."""
+"""Benchmark scripts on the CPU: step_traffic.py (the roofline of one training step: its counts against
+the network's own arithmetic, and the profile of the real step) and train_throughput.py's repeated,
+alternating variants."""
 
 from __future__ import annotations
 
+import json
+import os
+import statistics
+import subprocess
 import sys
 
 import torch
@@ -59,3 +64,21 @@ def test_profile_on_the_cpu_times_every_family():
     measured = step_traffic.profile(torch.device("cpu"), 4, (64, 80), 2, steps=2)
     assert {"conv", "batchnorm", "upsample"} <= set(measured)
     assert all(ms > 0 for ms in measured.values())
+
+
+def test_throughput_repeats_alternate_and_report_medians(tmp_path):
+    out = tmp_path / "tt.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--device", "cpu"]
+    cmd += ["--width", "4", "--size", "32", "32", "--batch", "2", "--seconds", "0.3", "--repeat", "3"]
+    cmd += ["--variants", "torch-bn,cudnn-all", "--skip", "loop,conventional", "--json", str(out)]
+    # The network alone needs no data: a missing data folder must not stop it.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "POLYPSEG_DATA": str(tmp_path / "none")}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert len(r["network_alone_img_s_all"]) == 3
+    assert r["network_alone_img_s"] == statistics.median(r["network_alone_img_s_all"])
+    for name in ("torch-bn", "cudnn-all"):
+        v = r["variants"][name]
+        assert len(v["img_s_all"]) == 3 and v["img_s"] == statistics.median(v["img_s_all"]) > 0
+    assert p.stdout.count("network alone, torch-bn") == 3  # one per round, between the baselines
