@@ -36,7 +36,7 @@ from polypseg.config import load_config
 from polypseg.data.layouts import discover, resolve_data
 from polypseg.devices import device_name, native_bf16_cpu, use_bf16
 from polypseg.losses import seg_loss
-from polypseg.models import create_model
+from polypseg.models import blocks, create_model
 from polypseg.step import TrainStep, make_optimizer
 from polypseg.train import train
 
@@ -79,19 +79,23 @@ def network_alone(
     cuda_graph=False,
     norm_layer=None,
     cudnn_limit=None,
+    cat_grad_devices=None,
 ) -> dict:
     """img/s of the training step alone on synthetic tensors (`synthetic_step`); options are the
     speed-ups under test (cudnn_limit: how many cuDNN algorithms cudnn.benchmark tries per convolution,
-    0 = all; torch's default tries 10). Returns {"img_s", "warmup_s"}."""
-    limit = torch.backends.cudnn.benchmark_limit
+    0 = all; torch's default tries 10; cat_grad_devices: where the nodes' concatenation hands back
+    channels_last gradients, models.blocks.CAT_GRAD_DEVICES). Returns {"img_s", "warmup_s"}."""
+    limit, cat_devices = torch.backends.cudnn.benchmark_limit, blocks.CAT_GRAD_DEVICES
     if cudnn_limit is not None:
         torch.backends.cudnn.benchmark_limit = cudnn_limit
+    if cat_grad_devices is not None:
+        blocks.CAT_GRAD_DEVICES = cat_grad_devices
     try:
         return _time_step(
             device, width, size, batch, seconds, amp, channels_last, compile_mode, cuda_graph, norm_layer
         )
     finally:
-        torch.backends.cudnn.benchmark_limit = limit
+        torch.backends.cudnn.benchmark_limit, blocks.CAT_GRAD_DEVICES = limit, cat_devices
 
 
 def _time_step(device, width, size, batch, seconds, amp, channels_last, compile_mode, cuda_graph, norm_layer):
@@ -134,6 +138,11 @@ VARIANTS = {
     # top 10: the 256x256 step is convolution-bound at ~10% of the card's peak (NOTES 65).
     "cudnn-all": dict(cudnn_limit=0),
     "cudnn-all-b64": dict(cudnn_limit=0, batch=64),
+    # The nodes' concatenation with channels_last gradients on CUDA as on the CPU (NOTES 66), and the CPU
+    # without it (torch.cat's strided gradient slices).
+    "cat-grad": dict(cat_grad_devices={"cpu", "cuda"}),
+    "torch-cat": dict(cat_grad_devices=set()),
+    "torch-bn-cat": dict(norm_layer=torch.nn.BatchNorm2d, cat_grad_devices=set()),  # neither CPU detour
 }
 
 

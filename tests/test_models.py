@@ -215,15 +215,17 @@ def test_depth_of_unet_and_bad_depths():
             create_model(name, depth=5)
 
 
-def test_narrow_channels_last_batch_norm_on_cpu_is_torchs(cvc, monkeypatch):
-    """The CPU detour for <= 8-channel channels_last maps (models.blocks.BatchNorm2d) is taken in training
-    and changes nothing: in float64 the same loss, gradients and running statistics as torch's
-    BatchNorm2d in channels_last (in fp32 the two differ by what torch's own NCHW and channels_last
-    kernels differ by, ~5e-4 of the largest gradient)."""
+@pytest.mark.parametrize("name,nodes", [("unetpp", 10), ("unet", 4)])
+def test_cpu_training_detours_are_taken_and_change_nothing(cvc, monkeypatch, name, nodes):
+    """The two CPU-training detours of models.blocks change nothing: in float64, the same loss,
+    gradients and running statistics as torch's BatchNorm2d and torch.cat on channels_last maps (in fp32
+    the two differ by what torch's own NCHW and channels_last kernels differ by, ~5e-4 of the largest
+    gradient). And they are taken: batch norm of <= 8 channels runs on NCHW maps, and every node's
+    concatenation hands its inputs channels_last gradients."""
     from tests.conftest import real_batch
 
     from polypseg.losses import seg_loss
-    from polypseg.models.blocks import BatchNorm2d
+    from polypseg.models import blocks
 
     x, y = real_batch(cvc, [1, 30, 55, 84], 64, 80)
     x = x.double().contiguous(memory_format=torch.channels_last)
@@ -231,25 +233,39 @@ def test_narrow_channels_last_batch_norm_on_cpu_is_torchs(cvc, monkeypatch):
     batch_norm = torch.nn.functional.batch_norm
 
     def spy(t, *args, **kwargs):
-        seen.append(
-            (t.shape[1], t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last))
-        )
+        nchw = t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)
+        seen.append((t.shape[1], nchw))
         return batch_norm(t, *args, **kwargs)
 
+    cat_grads = []  # per concatenation: are all the gradients it hands back channels_last?
+    cat_backward = blocks._CatChannelsLast.backward
+
+    def cat_spy(ctx, grad):
+        out = cat_backward(ctx, grad)
+        cat_grads.append(all(g.is_contiguous(memory_format=torch.channels_last) for g in out))
+        return out
+
     monkeypatch.setattr(torch.nn.functional, "batch_norm", spy)
+    monkeypatch.setattr(blocks._CatChannelsLast, "backward", staticmethod(cat_spy))
     runs = []
-    for norm in (BatchNorm2d, torch.nn.BatchNorm2d):
+    for norm, cat_devices in ((blocks.BatchNorm2d, {"cpu"}), (torch.nn.BatchNorm2d, set())):
+        monkeypatch.setattr(blocks, "CAT_GRAD_DEVICES", cat_devices)
         torch.manual_seed(0)
-        m = create_model("unetpp", width=8, norm_layer=norm).double().train()
+        m = create_model(name, width=8, norm_layer=norm).double().train()
         m = m.to(memory_format=torch.channels_last)
         seen.clear()
+        cat_grads.clear()
         loss = seg_loss(m(x, heads=True), y)
         loss.backward()
-        runs.append((loss.detach(), [p.grad for p in m.parameters()], list(m.buffers()), list(seen)))
-    (la, ga, ba, seen_a), (lb, gb, bb, seen_b) = runs
-    # the two norms of each full-resolution node X0_0..X0_4 (8 channels) go through NCHW, no others
-    assert [c for c, nchw in seen_a if nchw] == [8] * 10
+        runs.append(
+            (loss.detach(), [p.grad for p in m.parameters()], list(m.buffers()), list(seen), list(cat_grads))
+        )
+    (la, ga, ba, seen_a, cats_a), (lb, gb, bb, seen_b, cats_b) = runs
+    # the two norms of each full-resolution (8-channel) node go through NCHW, no others
+    full_res = 5 if name == "unetpp" else 2  # x0_0..x0_4; U-Net: its first and last node
+    assert [c for c, nchw in seen_a if nchw] == [8] * (2 * full_res)
     assert not any(nchw for c, nchw in seen_a if c > 8) and not any(nchw for _, nchw in seen_b)
+    assert cats_a == [True] * nodes and cats_b == []
     assert torch.allclose(la, lb, rtol=1e-12)
     assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-14) for a, b in zip(ga, gb))
     assert all(torch.allclose(a.double(), b.double(), rtol=1e-12) for a, b in zip(ba, bb))

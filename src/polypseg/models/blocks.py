@@ -34,6 +34,46 @@ class BatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
+class _CatChannelsLast(torch.autograd.Function):
+    """torch.cat along channels whose backward hands each input a channels_last gradient, not a slice."""
+
+    @staticmethod
+    def forward(ctx, *tensors: torch.Tensor) -> torch.Tensor:
+        ctx.sizes = [t.shape[1] for t in tensors]
+        return torch.cat(tensors, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return tuple(g.contiguous(memory_format=torch.channels_last) for g in grad.split(ctx.sizes, 1))
+
+
+# Where cat_channels hands back channels_last gradients: measured on the CPU only. On CUDA, too, PyTorch's
+# up-sampling backward takes its NHWC kernel only for a channels_last gradient (else it copies to NCHW);
+# benchmarks/train_throughput.py's `cat-grad` variant measures it there.
+CAT_GRAD_DEVICES = {"cpu"}
+
+
+def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat(tensors, 1); in CPU training on channels_last maps, with contiguous gradients.
+
+    cat's own backward gives each input a channel slice of the output's gradient, which in channels_last
+    is strided; PyTorch's CPU bilinear up-sampling backward then runs ~3x slower than on a contiguous
+    gradient (benchmarks/NOTES.md 66), and the nodes' batch norm and ReLU backward read strided maps too.
+    One copy per input restores the layout. The values are cat's own.
+    """
+    t = tensors[0]
+    if (
+        t.device.type in CAT_GRAD_DEVICES
+        and torch.is_grad_enabled()
+        and any(x.requires_grad for x in tensors)
+        and t.dim() == 4
+        and t.is_contiguous(memory_format=torch.channels_last)
+        and not t.is_contiguous()
+    ):
+        return _CatChannelsLast.apply(*tensors)
+    return torch.cat(tensors, 1)
+
+
 class VGGBlock(nn.Sequential):
     """(conv3x3 -> norm -> act) x 2, as in the UNet++ paper's nodes."""
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from polypseg.config import input_stride
-from polypseg.models.blocks import BatchNorm2d, Normalize, VGGBlock, filters
+from polypseg.models.blocks import BatchNorm2d, Normalize, VGGBlock, cat_channels, filters
 
 
 class UNet(nn.Module):
@@ -47,6 +47,6 @@ class UNet(nn.Module):
             skips.append(getattr(self, f"conv{i}_0")(self.pool(skips[-1])))
         y = skips.pop()
         for i in reversed(range(self.depth)):
-            y = getattr(self, f"conv{i}_{self.depth - i}")(torch.cat([skips[i], self.up(y)], 1))
+            y = getattr(self, f"conv{i}_{self.depth - i}")(cat_channels([skips[i], self.up(y)]))
         out = self.final(y)
         return [out] if heads else out

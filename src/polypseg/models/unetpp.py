@@ -17,7 +17,7 @@ from torch import nn
 
 from polypseg.config import ENCODERS, input_stride
 from polypseg.errors import PolypsegError
-from polypseg.models.blocks import BatchNorm2d, Normalize, VGGBlock, filters
+from polypseg.models.blocks import BatchNorm2d, Normalize, VGGBlock, cat_channels, filters
 from polypseg.models.efficientnet_lite import (
     LITE_MEAN,
     LITE_SCALES,
@@ -120,7 +120,7 @@ class UNetPlusPlus(nn.Module):
             for j in range(1, level + 1):
                 i = level - j
                 col[i].append(
-                    getattr(self, f"conv{i}_{j}")(torch.cat([*col[i], self.up(col[i + 1][j - 1])], 1))
+                    getattr(self, f"conv{i}_{j}")(cat_channels([*col[i], self.up(col[i + 1][j - 1])]))
                 )
         # The heads after every node, in the seed network's order: the same order of operations, so
         # the backward pass sums gradients in the same order and a seed still gives the same weights.
