@@ -359,7 +359,8 @@ def main():
         "--repeat",
         type=int,
         default=1,
-        help="time the network alone and its --variants this many times, alternating; report medians",
+        help="time the network alone and its --variants, then the loop and the conventional pipeline, this "
+        "many times each, alternating; report medians",
     )
     ap.add_argument("--skip", default="", help="parts to leave out, comma-separated: loop,conventional")
     ap.add_argument(
@@ -424,10 +425,22 @@ def main():
             f"  medians of {a.repeat}: network alone {res['network_alone_img_s']}, "
             + ", ".join(f"{n} {r.get('img_s')}" for n, r in res.get("variants", {}).items())
         )
-    for backend in a.backends.split(",") if "loop" not in skip else []:
-        v = ours(data, a.device, a.width, size, a.batch, a.seconds, not a.no_amp, backend, a.set)
-        res[f"polypseg_{backend}_img_s"] = round(v, 1)
-        print(f"  polypseg loop (augment: {backend:7s}):     {v:8.1f} img/s")
+    # The loop and the conventional pipeline alternate too (--repeat): their ratio is the target.
+    rounds: dict[str, list[float]] = {}
+    for _ in range(a.repeat):
+        for backend in a.backends.split(",") if "loop" not in skip else []:
+            v = ours(data, a.device, a.width, size, a.batch, a.seconds, not a.no_amp, backend, a.set)
+            rounds.setdefault(f"polypseg_{backend}_img_s", []).append(round(v, 1))
+            print(f"  polypseg loop (augment: {backend:7s}):     {v:8.1f} img/s")
+        if "conventional" not in skip:
+            v, lib = conventional(discover(data).pairs, device, a.width, size, a.batch, a.seconds, a.workers)
+            rounds.setdefault("conventional_img_s", []).append(round(v, 1))
+            res["conventional_aug"], res["conventional_workers"] = lib, a.workers
+            print(f"  conventional (DataLoader x{a.workers}, {lib}, fp32 NCHW): {v:8.1f} img/s")
+    for key, values in rounds.items():
+        res[key] = statistics.median(values)
+        if a.repeat > 1:
+            res[key.replace("_img_s", "_img_s_all")] = values
     for name in [v for v in a.loop_variants.split(",") if v]:
         opts = LOOP_VARIANTS[name]
         b = opts.get("batch", a.batch)
@@ -444,20 +457,17 @@ def main():
         except Exception as e:  # recorded, like the network-alone variants
             res.setdefault("loop_variants", {})[name] = {"batch": b, "error": _error(e)}
             print(f"  polypseg loop, {name:15s}: failed: {res['loop_variants'][name]['error']}")
-    if "conventional" not in skip:
-        v, lib = conventional(discover(data).pairs, device, a.width, size, a.batch, a.seconds, a.workers)
-        res["conventional_img_s"], res["conventional_aug"], res["conventional_workers"] = (
-            round(v, 1),
-            lib,
-            a.workers,
-        )
-        print(f"  conventional (DataLoader x{a.workers}, {lib}, fp32 NCHW): {v:8.1f} img/s")
-    loops = [res[k] for k in res if k.startswith("polypseg_")]
+    loops = [res[k] for k in res if k.startswith("polypseg_") and k.endswith("_img_s")]
     if loops:
         res["loop_vs_network"] = round(max(loops) / res["network_alone_img_s"], 3)
         print(f"  loop / network alone: {res['loop_vs_network']}")
     if loops and "conventional_img_s" in res:
         res["speedup_vs_conventional"] = round(max(loops) / res["conventional_img_s"], 2)
+        if a.repeat > 1:  # round by round: the best loop of the round against that round's pipeline
+            per_round = zip(*(rounds[k] for k in rounds if k.startswith("polypseg_")))
+            res["speedup_vs_conventional_all"] = [
+                round(max(r) / c, 2) for r, c in zip(per_round, rounds["conventional_img_s"])
+            ]
         print(f"  polypseg / conventional: {res['speedup_vs_conventional']}x")
     for name, r in res.get("loop_variants", {}).items():
         if "img_s" in r and "conventional_img_s" in res:
