@@ -68,23 +68,13 @@ def synthetic_step(
 
 
 def network_alone(
-    device,
-    width,
-    size,
-    batch,
-    seconds,
-    amp,
-    channels_last=True,
-    compile_mode=None,
-    cuda_graph=False,
-    norm_layer=None,
-    cudnn_limit=None,
-    cat_grad_devices=None,
+    device, width, size, batch, seconds, amp, cudnn_limit=None, cat_grad_devices=None, **step_opts
 ) -> dict:
-    """img/s of the training step alone on synthetic tensors (`synthetic_step`); options are the
-    speed-ups under test (cudnn_limit: how many cuDNN algorithms cudnn.benchmark tries per convolution,
-    0 = all; torch's default tries 10; cat_grad_devices: where the nodes' concatenation hands back
-    channels_last gradients, models.blocks.CAT_GRAD_DEVICES). Returns {"img_s", "warmup_s"}."""
+    """img/s of the training step alone on synthetic tensors; `step_opts` go to `synthetic_step`. The
+    options are the speed-ups under test; cudnn_limit: how many cuDNN algorithms cudnn.benchmark tries
+    per convolution (0 = all; torch's default tries 10); cat_grad_devices: where the nodes'
+    concatenation hands back channels_last gradients (models.blocks.CAT_GRAD_DEVICES).
+    Returns {"img_s", "warmup_s"}."""
     limit, cat_devices = torch.backends.cudnn.benchmark_limit, blocks.CAT_GRAD_DEVICES
     if cudnn_limit is not None:
         torch.backends.cudnn.benchmark_limit = cudnn_limit
@@ -92,16 +82,13 @@ def network_alone(
         blocks.CAT_GRAD_DEVICES = cat_grad_devices
     try:
         return _time_step(
-            device, width, size, batch, seconds, amp, channels_last, compile_mode, cuda_graph, norm_layer
+            device, batch, seconds, *synthetic_step(device, width, size, batch, amp, **step_opts)
         )
     finally:
         torch.backends.cudnn.benchmark_limit, blocks.CAT_GRAD_DEVICES = limit, cat_devices
 
 
-def _time_step(device, width, size, batch, seconds, amp, channels_last, compile_mode, cuda_graph, norm_layer):
-    step, x, y = synthetic_step(
-        device, width, size, batch, amp, channels_last, compile_mode, cuda_graph, norm_layer
-    )
+def _time_step(device, batch, seconds, step, x, y) -> dict:
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t_warm = time.perf_counter()
