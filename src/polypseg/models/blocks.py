@@ -11,6 +11,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _strictly_channels_last(t: torch.Tensor) -> bool:
+    """A 4-d map laid out channels_last and not also NCHW (as a 1x1 map or a single channel would be)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 class BatchNorm2d(nn.BatchNorm2d):
     """torch's BatchNorm2d, with one detour for CPU training of narrow networks.
 
@@ -22,14 +27,7 @@ class BatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.training
-            and x.device.type == "cpu"
-            and x.dim() == 4
-            and x.shape[1] <= 8
-            and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)
-        ):
+        if self.training and x.device.type == "cpu" and x.shape[1] <= 8 and _strictly_channels_last(x):
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
 
@@ -66,9 +64,7 @@ def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
         t.device.type in CAT_GRAD_DEVICES
         and torch.is_grad_enabled()
         and any(x.requires_grad for x in tensors)
-        and t.dim() == 4
-        and t.is_contiguous(memory_format=torch.channels_last)
-        and not t.is_contiguous()
+        and _strictly_channels_last(t)
     ):
         return _CatChannelsLast.apply(*tensors)
     return torch.cat(tensors, 1)
