@@ -80,7 +80,6 @@ VIEWS = {
     "squeeze",
     "split",
     "split_with_sizes",
-    "_to_copy_meta",
 }
 
 
