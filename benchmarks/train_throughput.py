@@ -390,17 +390,18 @@ def main():
         f"device: {res['device']}; unetpp width {a.width} at {size[0]}x{size[1]}, batch {a.batch}; "
         f"loop: {precision}, channels_last"
     )
-    # With --repeat, the baseline and the variants alternate, so that drifting machine load hits all alike.
+    # With --repeat, the baseline and the variants alternate, so that drifting machine load hits all alike;
+    # so do the loop and the conventional pipeline below. rounds: key -> one img/s per round.
     names = [v for v in a.variants.split(",") if v]
-    runs, var_runs = [], []
+    rounds: dict[str, list[float]] = {}
+    var_runs = []
     for _ in range(a.repeat):
-        runs.append(round(network_alone(device, a.width, size, a.batch, a.seconds, not a.no_amp)["img_s"], 1))
-        print(f"  network alone (synthetic, on device):   {runs[-1]:8.1f} img/s")
+        v = round(network_alone(device, a.width, size, a.batch, a.seconds, not a.no_amp)["img_s"], 1)
+        rounds.setdefault("network_alone_img_s", []).append(v)
+        print(f"  network alone (synthetic, on device):   {v:8.1f} img/s")
         if names:
             var_runs.append(variants(names, device, a.width, size, a.batch, a.seconds, not a.no_amp))
-    res["network_alone_img_s"] = statistics.median(runs)
-    if a.repeat > 1:
-        res["network_alone_img_s_all"] = runs
+    res["network_alone_img_s"] = statistics.median(rounds["network_alone_img_s"])
     if names:
         res["variants"] = var_runs[0]
         for name, r in res["variants"].items():
@@ -412,8 +413,7 @@ def main():
             f"  medians of {a.repeat}: network alone {res['network_alone_img_s']}, "
             + ", ".join(f"{n} {r.get('img_s')}" for n, r in res.get("variants", {}).items())
         )
-    # The loop and the conventional pipeline alternate too (--repeat): their ratio is the target.
-    rounds: dict[str, list[float]] = {}
+    # The loop and the conventional pipeline alternate too: their ratio is the target.
     for _ in range(a.repeat):
         for backend in a.backends.split(",") if "loop" not in skip else []:
             v = ours(data, a.device, a.width, size, a.batch, a.seconds, not a.no_amp, backend, a.set)
