@@ -3,7 +3,6 @@ PyTorch on the chosen device and ONNX Runtime on the CPU, with the device named 
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from polypseg import atomic
 from polypseg.checkpoint import build_model, load_checkpoint
 from polypseg.config import input_stride
 from polypseg.devices import device_name, pick_device, use_bf16
@@ -124,6 +124,8 @@ def run_benchmark(
     """Sizes default to the checkpoint's input size, or CVC-ClinicDB's 288x384 for the default architectures.
     `int8` adds ONNX Runtime int8 rows, calibrated on 16 frames of `data` (default: the default dataset)."""
     at_least_one("--iters", iters)
+    if json_path:
+        atomic.claim_output_file(json_path, overwrite=True)  # an unwritable path fails now, not after timing
     for flag, value in (("--height", height), ("--width", width), ("batch", batch)):
         if value is not None:
             at_least_one(flag, value)
@@ -180,19 +182,16 @@ def run_benchmark(
                 f"{r['p95_ms']:8.1f} {r['fps_batch1']:7.1f} {r['throughput_img_s']:8.1f}"
             )
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(
-            json.dumps(
-                {
-                    "device": name,
-                    "torch": torch.__version__,
-                    "height": height,
-                    "width": width,
-                    "date": time.strftime("%Y-%m-%d %H:%M"),
-                    "rows": rows,
-                },
-                indent=1,
-            )
+        atomic.write_json(
+            json_path,
+            {
+                "device": name,
+                "torch": torch.__version__,
+                "height": height,
+                "width": width,
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "rows": rows,
+            },
         )
         print(f"wrote {json_path}")
     return rows

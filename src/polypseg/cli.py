@@ -466,6 +466,8 @@ def _cmd_compare(a) -> int:
     from polypseg import atomic
     from polypseg.compare import compare, format_compare
 
+    if a.json:
+        atomic.claim_output_file(a.json, overwrite=True)
     r = compare(a.this, a.baseline)
     print(format_compare(r))
     if a.json:
@@ -567,6 +569,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader left (`| head`): stop quietly, as the Python docs advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:  # the machine refused a read or write midway (disk full, a folder removed)
+        print(f"polypseg: error: {_os_error(e)}", file=sys.stderr)
+        return 2
+
+
+def _os_error(e: OSError) -> str:
+    """`e` on one line: the file it names (the target, not a temp file beside it) and the reason."""
+    if not e.filename:
+        return e.strerror or str(e)
+    name = Path(e.filename)
+    if name.name.startswith(".") and name.suffix == ".tmp":  # atomic.replacing's temp file
+        name = name.with_name(name.name[1:].rsplit(".", 2)[0])
+    return f"{name}: {e.strerror}"
 
 
 if __name__ == "__main__":
