@@ -74,6 +74,9 @@ def test_predict_folder(tiny_run, frames, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert cli("predict", tiny_run / "best.pt", frames, "--out", frames, "--overwrite") == 2
     assert "input folder" in capsys.readouterr().err
+    # Nor a folder inside one read recursively: the next run would read this one's overlays as frames.
+    assert cli("predict", tiny_run / "best.pt", frames, "--out", frames / "predictions") == 2
+    assert "input folder" in capsys.readouterr().err and not (frames / "predictions").exists()
 
 
 def test_api_matches_cli_and_evaluation(tiny_run, frames, cvc_subset, tmp_path):

@@ -456,14 +456,16 @@ def predict_paths(
     outputs = parse_outputs(outputs)
     images, videos, problems = expand_inputs(inputs)
     if not images and not videos:
-        raise PolypsegError("no images or videos found in " + ", ".join(inputs))
+        raise PolypsegError("; ".join(problems) or "no images or videos found in " + ", ".join(inputs))
     out_dir = Path(out)
-    in_dirs = {Path(i).resolve() for i in inputs if Path(i).is_dir()} | {
-        f.resolve().parent for f in images + videos
-    }
-    if out_dir.resolve() in in_dirs:
+    # Never an input's folder, nor anywhere inside a folder read recursively (a second run would read
+    # the first one's overlays as frames).
+    in_trees = [Path(i).resolve() for i in inputs if Path(i).is_dir()]
+    in_dirs = set(in_trees) | {f.resolve().parent for f in images + videos}
+    where = out_dir.resolve()
+    if where in in_dirs or any(t in where.parents for t in in_trees):
         raise PolypsegError(
-            f"--out {out_dir} is an input folder; choose another so inputs are never overwritten"
+            f"--out {out_dir} is in an input folder; choose another so inputs are never overwritten"
         )
     atomic.claim_output_dir(out_dir, overwrite)
     p = Predictor.from_checkpoint(
