@@ -122,6 +122,10 @@ def test_missing_folder_is_one_line_error(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("polypseg: error: data folder not found") and err.count("\n") == 1
+    # A bare word that names nothing is probably a misspelt dataset name: the known ones are listed.
+    assert main(["data", "check", "cvc"]) == 2
+    err = capsys.readouterr().err
+    assert "one of the names cvc-clinicdb, polypgen-val" in err and err.count("\n") == 1
     assert main(["data", "check", str(tmp_path)]) == 2
     assert "no known layout" in capsys.readouterr().err
 

@@ -71,11 +71,12 @@ def resolve_data(data: str | os.PathLike | None) -> Path:
         if not path.exists() and str(data).lower() in KNOWN_NAMES:
             path = data_home() / KNOWN_NAMES[str(data).lower()]
     if not path.is_dir():
-        hint = (
-            ""
-            if data is not None
-            else " (set --data or $POLYPSEG_DATA, or run `polypseg data download cvc-clinicdb`)"
-        )
+        if data is None:
+            hint = " (set --data or $POLYPSEG_DATA, or run `polypseg data download cvc-clinicdb`)"
+        elif os.sep in str(data) or str(data).lower() in KNOWN_NAMES:
+            hint = ""
+        else:  # a bare word: perhaps a misspelt dataset name
+            hint = f" (a folder, or one of the names {', '.join(sorted(KNOWN_NAMES))} under {data_home()})"
         raise PolypsegError(f"data folder not found: {path}{hint}")
     return path
 
