@@ -257,7 +257,9 @@ def test_nan_loss_stops_with_clear_message(cvc_subset, subset_groups, tmp_path, 
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "loss became nan in epoch 1; stopped" in err and err.count("\n") == 1
-    assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
+    # Nothing was saved, so nothing of the run stays: the same command with a sane rate starts again.
+    assert not out.exists()
+    assert main(_train_args(cvc_subset, out, subset_groups, "optim.epochs=1")) == 0
 
 
 def test_out_of_memory_names_a_batch_size(cvc_subset, subset_groups, tmp_path, capsys, monkeypatch):
@@ -269,8 +271,28 @@ def test_out_of_memory_names_a_batch_size(cvc_subset, subset_groups, tmp_path, c
     args = _train_args(cvc_subset, tmp_path / "oom", subset_groups)
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "ran out of memory at batch size 8 and 64x80; try --set optim.batch_size=4" in err
-    assert err.count("\n") == 1
+    assert (
+        "ran out of memory allocating 2.00 GiB at batch size 8 and 64x80; try --set optim.batch_size=4" in err
+    )
+    assert err.count("\n") == 1 and not (tmp_path / "oom").exists()
+
+
+def test_cpu_out_of_memory_is_one_line_and_leaves_no_run(cvc_subset, subset_groups, tmp_path):
+    """A real allocation failure: the process may map 4 GiB, and UNet++ w32 at 1024x1024, batch 8, needs more."""
+    out = tmp_path / "big"
+    script = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+        "from polypseg.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = _train_args(
+        cvc_subset, out, subset_groups, "model.width=32", "data.height=1024", "data.width=1024"
+    )
+    env = {**os.environ, "POLYPSEG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.startswith("polypseg: error: CPU") and r.stderr.count("\n") == 1
+    assert "ran out of memory allocating" in r.stderr and "try --set optim.batch_size=4" in r.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -358,6 +380,11 @@ def test_an_earlier_run_is_never_trained_over(cvc_subset, subset_groups, tmp_pat
     assert err.count("\n") == 1 and {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert main(args + ["--set", "seed=1", "--overwrite"]) == 0  # replaced on request
     assert (out / "best.pt").read_bytes() != before["best.pt"]
+    # Replaced whole: a replacing run that fails before its first checkpoint leaves none of the earlier
+    # run's files to be taken for its own, and a file of the user's beside them stays.
+    (out / "notes.txt").write_text("mine")
+    assert main(args + ["--set", "optim.lr=1e30", "--overwrite"]) == 2
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_resume_refuses_other_config(tiny_run, capsys):
@@ -437,3 +464,13 @@ def test_ctrl_c_says_how_to_go_on(cvc_subset, subset_groups, tmp_path, capsys, m
     monkeypatch.setattr(tr, "save_atomic", real)
     assert main(["train", "--resume", str(out), "--data", str(cvc_subset), "--no-progress"]) == 0
     assert load_checkpoint(out / "last.pt")["epoch"] == 3
+
+    # Ctrl-C before anything was saved: nothing to resume, no run files left, the same command starts again.
+    def interrupt(ck, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_atomic", interrupt)
+    first = tmp_path / "first"
+    args = _train_args(cvc_subset, first, subset_groups, "optim.epochs=3", "save_every_s=1000")
+    assert main(args) == 130 and not first.exists()
+    assert "nothing was saved yet, and the run's files are removed" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from polypseg import __version__
 from polypseg.detection import DEFAULT_MIN_AREA, DEFAULT_MIN_POLYP_AREA
-from polypseg.errors import PolypsegError
+from polypseg.errors import PolypsegError, out_of_memory
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -154,7 +154,11 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(tr)
     tr.add_argument("--out", help="run folder (default: runs/<preset or train>)")
     tr.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly")
-    tr.add_argument("--overwrite", action="store_true", help="replace the run in an existing --out folder")
+    tr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in an existing --out folder (its run files are removed first)",
+    )
 
     cv = sub.add_parser(
         "cv",
@@ -552,7 +556,9 @@ def _resume_hint(a) -> str:
     run = Path(a.resume or _train_out(a))
     if (run / "last.pt").is_file():
         return f"; `polypseg train --resume {run}` continues from the last saved epoch"
-    return f"; nothing was saved yet (--overwrite starts {run} again)" if run.is_dir() else ""
+    if a.resume:
+        return ""
+    return "; nothing was saved yet, and the run's files are removed: the same command starts again"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -571,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as e:  # the machine refused a read or write midway (disk full, a folder removed)
         print(f"polypseg: error: {_os_error(e)}", file=sys.stderr)
+        return 2
+    except (RuntimeError, MemoryError) as e:  # a batch or input too large for the device
+        if not (what := out_of_memory(e)):
+            raise
+        print(f"polypseg: error: {what}; a smaller --batch-size or input needs less", file=sys.stderr)
         return 2
 
 

@@ -8,11 +8,13 @@ validation.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +34,7 @@ from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
 from polypseg.data.validate import validate
 from polypseg.devices import device_name, use_bf16
 from polypseg.ema import WeightEMA
-from polypseg.errors import PolypsegError
+from polypseg.errors import PolypsegError, out_of_memory
 from polypseg.losses import seg_loss
 from polypseg.metrics import batch_dice_iou
 from polypseg.models import count_parameters, create_model, set_head
@@ -272,29 +274,73 @@ def train(
     info, device = distributed.setup(cfg.device)
     log = print if info.main else (lambda *a, **k: None)
     try:
-        return _train(
-            cfg,
-            out,
-            data,
-            images,
-            masks,
-            ckpt,
-            cache_dir,
-            progress and info.main,
-            stop_after_epoch,
-            info,
-            device,
-            log,
-        )
-    except torch.OutOfMemoryError:
+        with _new_run(out, overwrite) if not resume and info.main else contextlib.nullcontext():
+            return _train(
+                cfg,
+                out,
+                data,
+                images,
+                masks,
+                ckpt,
+                cache_dir,
+                progress and info.main,
+                stop_after_epoch,
+                info,
+                device,
+                log,
+            )
+    except (RuntimeError, MemoryError) as e:
+        if not (what := out_of_memory(e)):
+            raise
         half = cfg.optim.batch_size // 2
         hint = f"try --set optim.batch_size={half}" if half >= 1 else "try a smaller data.height/data.width"
         raise PolypsegError(
-            f"{device_name(device)} ran out of memory at batch size {cfg.optim.batch_size} and "
+            f"{device_name(device)} {what} at batch size {cfg.optim.batch_size} and "
             f"{cfg.data.height}x{cfg.data.width}; {hint} (last.pt, if any, is intact)"
         ) from None
     finally:
         distributed.teardown(info)
+
+
+# The files of a run folder (anything else in it is the user's and stays).
+RUN_FILES = (
+    "config.yaml",
+    "split.json",
+    "metrics.csv",
+    "tensorboard",
+    "best.pt",
+    "last.pt",
+    "curves.png",
+    "summary.json",
+)
+
+
+def _remove_run_files(out: Path) -> None:
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _new_run(out: Path, overwrite: bool):
+    """A new run's folder holds this run alone: `overwrite` removes an earlier run's files first, so none
+    of them (its last.pt, its summary) is ever taken for this run's. A run that stops with an error or
+    Ctrl-C before its first last.pt leaves no run files behind: there is nothing to resume, and the same
+    command (a smaller batch, a lower learning rate) starts again. A folder this run created goes too."""
+    created = not out.exists()
+    if overwrite and not created:
+        _remove_run_files(out)
+    try:
+        yield
+    except BaseException:
+        if not (out / "last.pt").exists():
+            _remove_run_files(out)
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
 
 
 def _train(
