@@ -17,6 +17,7 @@ Prints the device and writes JSON. Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -67,25 +68,31 @@ def synthetic_step(
     return TrainStep(model, opt, seg_loss, amp, 1.0, net=net, cuda_graph=cuda_graph, warmup=5), x, y
 
 
-def network_alone(
-    device, width, size, batch, seconds, amp, cudnn_limit=None, cat_grad_devices=None, **step_opts
-) -> dict:
-    """img/s of the training step alone on synthetic tensors; `step_opts` go to `synthetic_step`. The
-    options are the speed-ups under test; cudnn_limit: how many cuDNN algorithms cudnn.benchmark tries
-    per convolution (0 = all; torch's default tries 10); cat_grad_devices: where the nodes'
-    concatenation hands back channels_last gradients (models.blocks.CAT_GRAD_DEVICES).
-    Returns {"img_s", "warmup_s"}."""
+@contextlib.contextmanager
+def process_switches(cudnn_limit=None, cat_grad_devices=None):
+    """Process-wide speed-ups under test, restored afterwards. cudnn_limit: how many cuDNN algorithms
+    cudnn.benchmark tries per convolution (0 = all; torch's default tries 10); cat_grad_devices: where the
+    nodes' concatenation hands back channels_last gradients (models.blocks.CAT_GRAD_DEVICES)."""
     limit, cat_devices = torch.backends.cudnn.benchmark_limit, blocks.CAT_GRAD_DEVICES
     if cudnn_limit is not None:
         torch.backends.cudnn.benchmark_limit = cudnn_limit
     if cat_grad_devices is not None:
         blocks.CAT_GRAD_DEVICES = cat_grad_devices
     try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark_limit, blocks.CAT_GRAD_DEVICES = limit, cat_devices
+
+
+def network_alone(
+    device, width, size, batch, seconds, amp, cudnn_limit=None, cat_grad_devices=None, **step_opts
+) -> dict:
+    """img/s of the training step alone on synthetic tensors; `step_opts` go to `synthetic_step`, the
+    other two to `process_switches`: the speed-ups under test. Returns {"img_s", "warmup_s"}."""
+    with process_switches(cudnn_limit, cat_grad_devices):
         return _time_step(
             device, batch, seconds, *synthetic_step(device, width, size, batch, amp, **step_opts)
         )
-    finally:
-        torch.backends.cudnn.benchmark_limit, blocks.CAT_GRAD_DEVICES = limit, cat_devices
 
 
 def _time_step(device, batch, seconds, step, x, y) -> dict:
@@ -130,6 +137,11 @@ VARIANTS = {
     "cat-grad": dict(cat_grad_devices={"cpu", "cuda"}),
     "torch-cat": dict(cat_grad_devices=set()),
     "torch-bn-cat": dict(norm_layer=torch.nn.BatchNorm2d, cat_grad_devices=set()),  # neither CPU detour
+    "b128": dict(batch=128),
+    # Every lever that needs no compiling at once, so that one window measures their sum as well as
+    # each alone: the CUDA graph, every cuDNN algorithm tried, channels_last concatenation gradients.
+    "all-b64": dict(batch=64, cuda_graph=True, cudnn_limit=0, cat_grad_devices={"cpu", "cuda"}),
+    "all-b128": dict(batch=128, cuda_graph=True, cudnn_limit=0, cat_grad_devices={"cpu", "cuda"}),
 }
 
 
@@ -165,6 +177,10 @@ LOOP_VARIANTS = {
     "graph": dict(sets=["cuda_graph=true"]),
     "b64": dict(batch=64),
     "graph-b64": dict(batch=64, sets=["cuda_graph=true"]),
+    # The network-alone `all-b64` in the loop (process_switches for the two that are no config keys).
+    "all-b64": dict(
+        batch=64, sets=["cuda_graph=true"], switches=dict(cudnn_limit=0, cat_grad_devices={"cpu", "cuda"})
+    ),
     # torch.compile with autotuned kernels (Triton, fused BatchNorm + ReLU epilogues): the untried route to
     # 600 img/s at 256x256 (NOTES 59). Compiling (minutes with autotuning) happens in the first epoch, which
     # the rate leaves out; a time budget would end the run inside it, so these run a fixed 8 epochs.
@@ -438,7 +454,8 @@ def main():
             if opts.get("procs"):
                 v = ours_ddp(data, a.device, a.width, size, b, a.seconds, not a.no_amp, sets, opts["procs"])
             else:
-                v = ours(data, a.device, a.width, size, b, a.seconds, not a.no_amp, "torch", sets)
+                with process_switches(**opts.get("switches", {})):
+                    v = ours(data, a.device, a.width, size, b, a.seconds, not a.no_amp, "torch", sets)
             res.setdefault("loop_variants", {})[name] = {"batch": b, "img_s": round(v, 1)}
             print(f"  polypseg loop, {name:15s} (batch {b:3d}):   {v:8.1f} img/s")
         except Exception as e:  # recorded, like the network-alone variants
