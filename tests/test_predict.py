@@ -138,6 +138,16 @@ def test_predict_video(tiny_run, cvc, tmp_path):
     s = json.loads((out / "clip_summary.json").read_text())
     assert s["frames"] == 12 and s["frames_with_polyp"] == sum(bool(x["polyps"]) for x in lines)
     assert sum(e["frames"] for e in s["episodes"]) == s["frames_with_polyp"]
+    # One mask per frame, named by the JSON lines' frame number, equal to the Predictor's on that frame.
+    masks = sorted((out / "clip_masks").iterdir())
+    assert [m.name for m in masks] == [f"{n:06d}.png" for n in range(12)]
+    cap = cv2.VideoCapture(str(video))
+    frames = [cv2.cvtColor(cap.read()[1], cv2.COLOR_BGR2RGB) for _ in range(12)]
+    preds = Predictor.from_checkpoint(tiny_run / "best.pt", device="cpu").predict_batch(frames[7:9])
+    for n, pred in zip((7, 8), preds):
+        mask = cv2.imread(str(masks[n]), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (288, 384) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+        np.testing.assert_array_equal(mask > 0, pred.mask)
 
 
 def test_outputs_choose_what_is_written(tiny_run, frames, cvc, tmp_path, capsys):
@@ -157,11 +167,13 @@ def test_outputs_choose_what_is_written(tiny_run, frames, cvc, tmp_path, capsys)
         assert (only / name).read_text() == (tmp_path / "full" / name).read_text()
     assert run("pictures", "--outputs", "mask,overlay") == 0
     assert sorted(x.name for x in pictures.iterdir()) == [
+        "clip_masks",
         "clip_overlay.mp4",
         "clip_summary.json",
         "cvc5_mask.png",
         "cvc5_overlay.png",
     ]
+    assert len(list((pictures / "clip_masks").iterdir())) == 6
     capsys.readouterr()
     bad = tmp_path / "bad"
     for value in ("json,csv", ""):

@@ -233,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
         "--outputs",
         default="json,mask,overlay",
         help="which to write, comma-separated (default all): json (per image; JSON lines per video), "
-        "mask (images), overlay (PNG per image, mp4 per video); a video's summary is always written. "
+        "mask (PNG per image; NAME_masks/FRAME.png per video), overlay (PNG per image, mp4 per video); a video's summary is always written. "
         "--outputs json skips drawing and encoding: a 1920x1080 video ran 1.3-1.5x faster on 2 CPU cores",
     )
     _inference_args(pr)

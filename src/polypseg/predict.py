@@ -19,6 +19,7 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from polypseg.detection import (
 from polypseg.errors import PolypsegError, at_least_one
 from polypseg.imageio import (
     VIDEO_EXTENSIONS,
+    encode_png,
     read_rgb,
     resize_to,
     rgb_to_bgr,
@@ -299,11 +301,17 @@ def _write_frame(writer, rgb: np.ndarray, pred: Prediction) -> None:
     writer.write(rgb_to_bgr(overlay(rgb, pred)))
 
 
+def _write_mask_frame(path: Path, pred: Prediction) -> None:
+    # 8-bit 0/255 like the images' masks. Inside a temp folder that is renamed whole when the video ends,
+    # so no file needs a rename of its own.
+    path.write_bytes(encode_png(pred.mask.astype(np.uint8) * 255))
+
+
 def predict_video(
     p: Predictor, path: Path, out: Path, name: str, batch_size: int, outputs=frozenset(OUTPUTS)
 ) -> dict:
-    """A video's JSON lines (`json` in outputs), overlay video (`overlay`) and summary (always); a
-    video has no mask output."""
+    """A video's JSON lines (`json` in outputs), overlay video (`overlay`), masks (`mask`: one lossless
+    PNG per frame, NAME_masks/FRAME.png with the JSON lines' frame number) and summary (always)."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise PolypsegError(f"{path}: cannot open video")
@@ -312,11 +320,15 @@ def predict_video(
     writer = None
     tmp_video = out / f".{name}_overlay.mp4.tmp.mp4"
     lines_tmp = out / f"{name}.jsonl.tmp"
+    masks_tmp = out / f".{name}_masks.tmp"
     positives, n = [], 0
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="frame", desc=path.name, leave=False, file=sys.stderr, disable=None)
     try:
+        if "mask" in outputs:
+            shutil.rmtree(masks_tmp, ignore_errors=True)  # a killed run's
+            masks_tmp.mkdir()
         with (
             open(lines_tmp, "w") if "json" in outputs else contextlib.nullcontext() as lines,
             InOrder(workers=1, ahead=batch_size) as writes,
@@ -346,6 +358,8 @@ def predict_video(
                                 (rgb.shape[1], rgb.shape[0]),
                             )
                         writes.submit(_write_frame, writer, rgb, pred)
+                    if "mask" in outputs:
+                        writes.submit(_write_mask_frame, masks_tmp / f"{n:06d}.png", pred)
                     n += 1
                 bar.update(len(frames))
         if n == 0:
@@ -355,6 +369,7 @@ def predict_video(
             writer.release()
         tmp_video.unlink(missing_ok=True)
         lines_tmp.unlink(missing_ok=True)
+        shutil.rmtree(masks_tmp, ignore_errors=True)
         raise
     finally:
         bar.close()
@@ -364,6 +379,9 @@ def predict_video(
         os.replace(tmp_video, out / f"{name}_overlay.mp4")
     if "json" in outputs:
         os.replace(lines_tmp, out / f"{name}.jsonl")
+    if "mask" in outputs:
+        shutil.rmtree(out / f"{name}_masks", ignore_errors=True)  # an earlier run's, under --overwrite
+        os.replace(masks_tmp, out / f"{name}_masks")
     episodes, start = [], None
     for i, pos in enumerate(positives + [False]):
         if pos and start is None:
