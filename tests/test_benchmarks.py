@@ -82,3 +82,19 @@ def test_throughput_repeats_alternate_and_report_medians(tmp_path):
         v = r["variants"][name]
         assert len(v["img_s_all"]) == 3 and v["img_s"] == statistics.median(v["img_s_all"]) > 0
     assert p.stdout.count("network alone, torch-bn") == 3  # one per round, between the baselines
+
+
+def test_determinism_check_finds_cpu_runs_repeat(cvc_subset, tmp_path):
+    """benchmarks/determinism.py trains each setting twice on real frames and compares the weights: on the
+    CPU both repeat bit for bit (the GPU suite runs it where the default is expected not to)."""
+    out = tmp_path / "det.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "determinism.py"), "--data", str(cvc_subset)]
+    cmd += ["--device", "cpu", "--width", "4", "--size", "32", "48", "--epochs", "2", "--batch", "8"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "POLYPSEG_CACHE": str(tmp_path / "cache")}
+    p = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["device"].startswith("CPU")
+    for flag in ("false", "true"):
+        v = r[f"deterministic_{flag}"]
+        assert v["identical"] and v["max_abs_diff"] == 0 and v["tensors"] > 0 and len(v["img_s"]) == 2

@@ -269,3 +269,46 @@ def test_cpu_training_detours_are_taken_and_change_nothing(cvc, monkeypatch, nam
     assert torch.allclose(la, lb, rtol=1e-12)
     assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-14) for a, b in zip(ga, gb))
     assert all(torch.allclose(a.double(), b.double(), rtol=1e-12) for a, b in zip(ba, bb))
+
+
+@pytest.mark.parametrize("name", ["unetpp", "unet"])
+def test_deterministic_upsampling_is_bilinear_upsampling(cvc, monkeypatch, name):
+    """The lerps that replace bilinear up-sampling in deterministic CUDA training (blocks.Upsample2x)
+    compute torch's own up-sampling: alone, and inside each network, the same loss and gradients in
+    float64 on real frames; channels_last maps stay channels_last."""
+    from tests.conftest import real_batch
+
+    from polypseg.losses import seg_loss
+    from polypseg.models import blocks
+
+    for shape in [(2, 3, 5, 7), (1, 2, 1, 1), (2, 16, 16, 20)]:
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        ref = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        out = blocks.upsample2x_lerp(x)
+        g = torch.randn_like(ref)
+        assert torch.allclose(out, ref, rtol=0, atol=1e-14)
+        assert torch.allclose(*(torch.autograd.grad(t, x, g)[0] for t in (out, ref)), rtol=0, atol=1e-13)
+    cl = torch.randn(2, 16, 8, 10).contiguous(memory_format=torch.channels_last)
+    assert blocks.upsample2x_lerp(cl).is_contiguous(memory_format=torch.channels_last)
+
+    x, y = real_batch(cvc, [1, 30, 55, 84], 64, 80)
+    runs, calls = [], []
+
+    def lerp(self, t):
+        calls.append(t.shape)
+        return blocks.upsample2x_lerp(t)
+
+    for forward in (
+        blocks.Upsample2x.forward,
+        lerp,
+    ):  # torch's kernel, then the lerps, which CPU runs never take
+        monkeypatch.setattr(blocks.Upsample2x, "forward", forward)
+        torch.manual_seed(0)
+        m = create_model(name, width=8).double().train()
+        loss = seg_loss(m(x.double(), heads=True), y)
+        loss.backward()
+        runs.append((loss.detach(), [p.grad for p in m.parameters()]))
+    (la, ga), (lb, gb) = runs
+    assert len(calls) == (10 if name == "unetpp" else 4)
+    assert torch.allclose(la, lb, rtol=1e-12)
+    assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-14) for a, b in zip(ga, gb))

@@ -474,3 +474,19 @@ def test_ctrl_c_says_how_to_go_on(cvc_subset, subset_groups, tmp_path, capsys, m
     args = _train_args(cvc_subset, first, subset_groups, "optim.epochs=3", "save_every_s=1000")
     assert main(args) == 130 and not first.exists()
     assert "nothing was saved yet, and the run's files are removed" in capsys.readouterr().err
+
+
+def test_deterministic_kernels_train_the_same_weights_on_the_cpu_and_are_switched_back(
+    cvc_subset, subset_groups, tmp_path
+):
+    """deterministic=true asks torch for deterministic kernels (on a GPU, what makes runs repeat; the
+    GPU suite checks that). On the CPU, whose runs repeat anyway, nothing in the loop raises for want of
+    one, the weights are bit for bit the default's, and the process-wide switches are restored."""
+    overrides = [*TINY, f"data.groups={subset_groups}", "optim.epochs=1"]
+    for flag in ("false", "true"):
+        cfg = load_config(overrides=[*overrides, f"deterministic={flag}"])
+        train(cfg, out=tmp_path / flag, data=cvc_subset, progress=False)
+    a, b = (load_checkpoint(tmp_path / f / "last.pt")["model"] for f in ("false", "true"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    assert yaml.safe_load((tmp_path / "true" / "config.yaml").read_text())["deterministic"] is True

@@ -116,6 +116,9 @@ class TrainConfig:
         "default"
     )
     cuda_graph: bool = False  # capture the whole training step in one CUDA graph (one GPU, no compile)
+    # Deterministic kernels only (torch.use_deterministic_algorithms, cuDNN without autotuning), so that a
+    # GPU run repeats bit for bit on the same machine and software; CPU runs do so anyway
+    deterministic: bool = False
     ema: float = 0.0  # EMA decay of the weights used for validation and best.pt (0 = off)
     tensorboard: bool = False  # also log each epoch to RUN/tensorboard (pip install 'polypseg[tensorboard]')
     val_every: int = 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 
 import torch
@@ -96,3 +98,29 @@ def use_bf16(device: torch.device, model: torch.nn.Module) -> bool:
     if device.type != "cpu" or not native_bf16_cpu():
         return False
     return not has_depthwise_conv(model) or depthwise_share(model) < DEPTHWISE_SHARE_MAX
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool = True):
+    """Within the block, torch.use_deterministic_algorithms and cuDNN's deterministic algorithms, chosen
+    by its heuristics rather than timed (timing can pick another algorithm in another run); restored
+    afterwards. cuBLAS needs a fixed workspace for deterministic sums (CUBLAS_WORKSPACE_CONFIG, read
+    when it first runs). An op with no deterministic kernel then raises instead of varying; the
+    networks' one such op, bilinear up-sampling's CUDA backward, avoids it (models.blocks.Upsample2x)."""
+    if not enabled:
+        yield
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]

@@ -32,7 +32,7 @@ from polypseg.data.cache import content_fingerprint, load_decoded
 from polypseg.data.layouts import combined_name, discover
 from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
 from polypseg.data.validate import validate
-from polypseg.devices import device_name, use_bf16
+from polypseg.devices import deterministic_kernels, device_name, use_bf16
 from polypseg.ema import WeightEMA
 from polypseg.errors import PolypsegError, out_of_memory
 from polypseg.losses import seg_loss
@@ -274,7 +274,10 @@ def train(
     info, device = distributed.setup(cfg.device)
     log = print if info.main else (lambda *a, **k: None)
     try:
-        with _new_run(out, overwrite) if not resume and info.main else contextlib.nullcontext():
+        with (
+            _new_run(out, overwrite) if not resume and info.main else contextlib.nullcontext(),
+            deterministic_kernels(cfg.deterministic),
+        ):
             return _train(
                 cfg,
                 out,
@@ -290,6 +293,12 @@ def train(
                 log,
             )
     except (RuntimeError, MemoryError) as e:
+        if "does not have a deterministic implementation" in str(e):
+            op = str(e).split(" does not")[0].split()[-1]
+            raise PolypsegError(
+                f"deterministic=true: {op} has no deterministic kernel on {device_name(device)}; "
+                "set deterministic=false"
+            ) from None
         if not (what := out_of_memory(e)):
             raise
         half = cfg.optim.batch_size // 2
@@ -355,7 +364,7 @@ def _train(
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     if cuda:
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not cfg.deterministic  # timing may pick other algorithms per run
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
@@ -409,6 +418,7 @@ def _train(
     set_head(model)
     amp = cfg.amp and use_bf16(device, model)
     precision = ("bf16 autocast" if amp else "fp32") + (", channels_last" if cfg.channels_last else "")
+    precision += ", deterministic kernels" if cfg.deterministic else ""
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.cuda_graph and not cuda:

@@ -70,6 +70,43 @@ def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(tensors, 1)
 
 
+class Upsample2x(nn.Module):
+    """Bilinear up-sampling by 2 with align_corners=True (the seed's), as nn.Upsample does it; in CUDA
+    training under torch.use_deterministic_algorithms (`deterministic: true`), as two separable lerps.
+
+    PyTorch's CUDA backward of bilinear up-sampling adds into the input's gradient with atomics, in an
+    order that changes from run to run, and has no deterministic kernel (with the setting on it raises).
+    The lerps read their rows and columns with index_select, whose CUDA backward PyTorch then makes
+    deterministic. Same sampling positions and weights; the sums are rounded in another order.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.requires_grad and torch.are_deterministic_algorithms_enabled():
+            return upsample2x_lerp(x)
+        return nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+def upsample2x_lerp(x: torch.Tensor) -> torch.Tensor:
+    """F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True) of an (N, C, H, W) map,
+    height then width, each a lerp between two rows (columns) picked with index_select."""
+    channels_last, dtype = _strictly_channels_last(x), x.dtype
+    for dim in (2, 3):
+        n = x.shape[dim]
+        # align_corners=True: output k samples input k * (n - 1) / (2n - 1), in the precision PyTorch's
+        # kernels compute it (float, or double for double maps)
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        pos = torch.arange(2 * n, device=x.device, dtype=acc) * ((n - 1) / max(2 * n - 1, 1))
+        lo = pos.floor().long().clamp_(max=n - 1)
+        hi = (lo + 1).clamp_(max=n - 1)
+        shape = [1, 1, 1, 1]
+        shape[dim] = 2 * n
+        w = (pos - lo).view(shape)
+        a, b = x.index_select(dim, lo), x.index_select(dim, hi)
+        x = a * (1 - w) + b * w  # in float (w's type) until the end, as PyTorch's kernels sum bf16 maps
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 class VGGBlock(nn.Sequential):
     """(conv3x3 -> norm -> act) x 2, as in the UNet++ paper's nodes."""
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from polypseg.config import input_stride
-from polypseg.models.blocks import BatchNorm2d, Normalize, VGGBlock, cat_channels, filters
+from polypseg.models.blocks import BatchNorm2d, Normalize, Upsample2x, VGGBlock, cat_channels, filters
 
 
 class UNet(nn.Module):
@@ -33,7 +33,7 @@ class UNet(nn.Module):
         self.depth = depth
         self.normalize = Normalize()
         self.pool = nn.MaxPool2d(2)
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        self.up = Upsample2x()
         for i in range(depth + 1):
             setattr(self, f"conv{i}_0", VGGBlock(f[i - 1] if i else 3, f[i], f[i], **kw))
         for i in reversed(range(depth)):  # x{i}_{depth-i}: named like the UNet++ node in its place

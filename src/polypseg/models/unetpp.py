@@ -17,7 +17,7 @@ from torch import nn
 
 from polypseg.config import ENCODERS, input_stride
 from polypseg.errors import PolypsegError
-from polypseg.models.blocks import BatchNorm2d, Normalize, VGGBlock, cat_channels, filters
+from polypseg.models.blocks import BatchNorm2d, Normalize, Upsample2x, VGGBlock, cat_channels, filters
 from polypseg.models.efficientnet_lite import (
     LITE_MEAN,
     LITE_SCALES,
@@ -74,7 +74,7 @@ class UNetPlusPlus(nn.Module):
         self.deep_supervision = deep_supervision
         self.prune = prune
         self.depth = depth
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        self.up = Upsample2x()
         dec = filters(width)  # channels of the nested nodes x{i}_{j}, j >= 1
         if encoder is None:
             enc = dec
@@ -92,7 +92,7 @@ class UNetPlusPlus(nn.Module):
             levels = efficientnet_lite_levels(encoder, encoder_weights)
             for i in range(depth + 1):
                 setattr(self, f"conv{i}_0", levels[i])
-            self.up_out = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+            self.up_out = Upsample2x()
         else:
             raise PolypsegError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
 
