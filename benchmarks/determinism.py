@@ -14,15 +14,14 @@ and `deterministic=true` should.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from train_throughput import epoch_rate
 
 from polypseg.checkpoint import load_checkpoint
 from polypseg.config import load_config
@@ -36,8 +35,7 @@ def run_twice(data, overrides: list[str], work: Path, tag: str) -> dict:
     for k in (1, 2):
         out = work / f"{tag}{k}"
         train(load_config(overrides=overrides), out=out, data=data, progress=False)
-        rows = list(csv.DictReader(open(out / "metrics.csv")))
-        rates.append(statistics.median(float(r["img_per_s"]) for r in (rows[1:] or rows)))
+        rates.append(epoch_rate(out))
         weights.append(load_checkpoint(out / "last.pt")["model"])
     a, b = weights
     diffs = [(a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point()]

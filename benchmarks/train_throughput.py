@@ -212,7 +212,7 @@ def _loop_overrides(device, width, size, batch, seconds, amp, backend, sets=()) 
     ]
 
 
-def _epoch_rate(run: Path) -> float:
+def epoch_rate(run: Path) -> float:
     # Epoch-time img/s from the real loop (validation is outside the timed part); the first epoch is warm-up.
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     rates = [float(r["img_per_s"]) for r in rows[1:]] or [float(rows[0]["img_per_s"])]
@@ -223,7 +223,7 @@ def ours(data, device, width, size, batch, seconds, amp, backend, sets=()) -> fl
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(overrides=_loop_overrides(device, width, size, batch, seconds, amp, backend, sets))
         train(cfg, out=Path(tmp) / "run", data=data, progress=False)
-        return _epoch_rate(Path(tmp) / "run")
+        return epoch_rate(Path(tmp) / "run")
 
 
 def ours_ddp(data, device, width, size, batch, seconds, amp, sets, procs) -> float:
@@ -248,7 +248,7 @@ def ours_ddp(data, device, width, size, batch, seconds, amp, sets, procs) -> flo
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode:
             raise RuntimeError(f"torchrun exit {r.returncode}: {(r.stderr.strip().splitlines() or [''])[-1]}")
-        return _epoch_rate(Path(tmp) / "run")
+        return epoch_rate(Path(tmp) / "run")
 
 
 class ConventionalDataset(torch.utils.data.Dataset):
