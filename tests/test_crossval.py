@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from tests.conftest import TINY
@@ -161,3 +167,41 @@ def test_cv_side_by_side_reports_each_folds_epoch(cvc_subset, subset_groups, tmp
         re.fullmatch(r"fold 0: (starting|epoch [1-4]/4(, val Dice [01]\.\d{3})?)(; fold 1: .*)?", r)
         for r in reports
     )
+
+
+def test_sigterm_to_cv_stops_the_folds_processes_too(cvc_subset, subset_groups, tmp_path):
+    """`kill` of a `cv --jobs 2` reaches the folds it runs (not orphaned, training on); each keeps what it
+    saved, and the command exits 143 with how to go on."""
+    out = tmp_path / "cv"
+    args = _cv_args(cvc_subset, subset_groups, out, "optim.epochs=100000", "save_every_s=0")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polypseg", *args, "--jobs", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all((out / f"fold{k}" / "last.pt").exists() for k in (0, 1)):
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 143 and err.strip().splitlines()[-1].startswith(
+        "polypseg: terminated; the same"
+    )
+
+    def folds_running() -> list[str]:  # processes whose command line names this test's folds
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if str(out).encode() in cmdline.read_bytes():
+                    found.append(cmdline.parent.name)
+            except OSError:  # the process ended meanwhile
+                pass
+        return found
+
+    left = folds_running()
+    for pid in left:  # a failing run must not leave them training for ever
+        os.kill(int(pid), signal.SIGKILL)
+    assert left == []
+    for k in (0, 1):
+        assert "polypseg: terminated" in (out / f"fold{k}.log").read_text()

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import cv2
 import jsonschema
@@ -201,6 +206,33 @@ def test_interrupted_video_leaves_no_partial_files(tiny_run, cvc, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         predict_video(p, _clip(cvc, tmp_path / "clip.avi"), out, "clip", batch_size=5)
     assert calls == [5, 5] and list(out.iterdir()) == []  # the first batch's overlays and lines are gone
+
+
+def test_sigterm_stops_like_ctrl_c_and_leaves_nothing(tiny_run, cvc, tmp_path):
+    """`kill`, `timeout` or a scheduler stop a video midway: one line, exit 143, no temp files, and no
+    output folder, since nothing was finished."""
+    frames = [cv2.imread(str(cvc / "PNG" / "Original" / f"{n}.png")) for n in range(1, 21)]
+    video = tmp_path / "long.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (384, 288))
+    for k in range(2000):
+        w.write(frames[k % len(frames)])
+    w.release()
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "polypseg", "predict", "--checkpoint", str(tiny_run / "best.pt"), str(video)]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(out), "--device", "cpu"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "long.jsonl.tmp").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the video ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143 and err == "polypseg: terminated\n"
+    assert not out.exists()
 
 
 def test_overlay_tints_the_mask_and_leaves_the_rest(cvc):

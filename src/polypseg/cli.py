@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from polypseg import __version__
@@ -561,17 +563,30 @@ def _resume_hint(a) -> str:
     return "; nothing was saved yet, and the run's files are removed: the same command starts again"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler, `docker stop`), raised like Ctrl-C so that the same cleanup
+    runs: no temp files or half-written outputs are left behind."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = COMMANDS[(args.command, getattr(args, "data_command", None))]
+    # `serve` leaves SIGTERM to uvicorn, which shuts the server down gracefully and exits 0.
+    catch = threading.current_thread() is threading.main_thread() and args.command != "serve"
+    before = signal.signal(signal.SIGTERM, _terminate) if catch else None
     try:
         return handler(args)
     except PolypsegError as e:
         print(f"polypseg: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"polypseg: interrupted{_resume_hint(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"polypseg: {how[0]}{_resume_hint(args)}", file=sys.stderr)
+        return how[1]
     except BrokenPipeError:  # the reader left (`| head`): stop quietly, as the Python docs advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -583,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"polypseg: error: {what}; a smaller --batch-size or input needs less", file=sys.stderr)
         return 2
+    finally:
+        if catch:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _os_error(e: OSError) -> str:

@@ -73,32 +73,50 @@ def _train_side_by_side(
         flags += [arg for v in values if v is not None for arg in (f"--{key.replace('_', '-')}", str(v))]
     waiting, running, failed = list(todo.items()), {}, []
     last_report = time.monotonic()
-    while waiting or running:
-        while waiting and len(running) < jobs:
-            fold, action = waiting.pop(0)
-            run = runs[fold]
-            args = (
-                ["--resume", str(run)]
-                if action == "continue"
-                else ["--config", str(config), "--set", f"data.fold={fold}", "--out", str(run), "--overwrite"]
-            )
-            log = run.parent / f"{run.name}.log"
-            _announce(fold, len(runs), action, run, f" (log: {log})")
-            with open(log, "a" if action == "continue" else "w") as f:  # a continued fold adds to its log
-                cmd = [sys.executable, "-m", "polypseg", "train", *args, *flags, "--no-progress"]
-                running[fold] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), log)
-        time.sleep(1)
-        if time.monotonic() - last_report >= report_every_s and running:
-            print("; ".join(_progress(fold, runs[fold], epochs) for fold in sorted(running)), flush=True)
-            last_report = time.monotonic()
-        for fold, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                del running[fold]
-                lines = log.read_text().strip().splitlines() or [""]
-                if proc.returncode:
-                    failed.append((fold, f"{lines[-1].removeprefix('polypseg: error: ')} (log: {log})"))
-                else:
-                    print(f"fold {fold}/{len(runs)}: {lines[-1]}")
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                fold, action = waiting.pop(0)
+                run = runs[fold]
+                args = (
+                    ["--resume", str(run)]
+                    if action == "continue"
+                    else [
+                        "--config",
+                        str(config),
+                        "--set",
+                        f"data.fold={fold}",
+                        "--out",
+                        str(run),
+                        "--overwrite",
+                    ]
+                )
+                log = run.parent / f"{run.name}.log"
+                _announce(fold, len(runs), action, run, f" (log: {log})")
+                with open(log, "a" if action == "continue" else "w") as f:  # a continued fold adds to its log
+                    cmd = [sys.executable, "-m", "polypseg", "train", *args, *flags, "--no-progress"]
+                    running[fold] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), log)
+            time.sleep(1)
+            if time.monotonic() - last_report >= report_every_s and running:
+                print("; ".join(_progress(fold, runs[fold], epochs) for fold in sorted(running)), flush=True)
+                last_report = time.monotonic()
+            for fold, (proc, log) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[fold]
+                    lines = log.read_text().strip().splitlines() or [""]
+                    if proc.returncode:
+                        failed.append((fold, f"{lines[-1].removeprefix('polypseg: error: ')} (log: {log})"))
+                    else:
+                        print(f"fold {fold}/{len(runs)}: {lines[-1]}")
+    except BaseException:  # Ctrl-C, SIGTERM, an error here: the folds' processes stop too, not orphaned
+        for proc, _ in running.values():
+            proc.terminate()  # each takes it as Ctrl-C: its last.pt stays, and the same command continues
+        for proc, _ in running.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
     if failed:
         raise PolypsegError("; ".join(f"fold {fold}: {why}" for fold, why in sorted(failed)))
 

@@ -497,6 +497,15 @@ def predict_paths(
     )
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _predict_all(p, images, videos, problems, out_dir, batch_size, outputs)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: leave no trace of a run that wrote nothing
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+
+
+def _predict_all(p, images, videos, problems, out_dir, batch_size, outputs) -> bool:
     used: set[str] = set()
     t0 = time.perf_counter()
     done = frames_done = 0
@@ -523,7 +532,5 @@ def predict_paths(
         f"{p.device_name()}, {p.precision}, {p.output}); outputs in {out_dir}"
     )
     if not done:
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # leave no trace of a run that wrote nothing
         raise PolypsegError("nothing could be processed")
     return True
