@@ -57,7 +57,7 @@ def claim_output_file(path: str | os.PathLike, overwrite: bool, inputs=()) -> Pa
         raise PolypsegError(f"{path} is a folder, not a file")
     if path.exists() and not overwrite:
         raise PolypsegError(f"{path} exists; pass --overwrite to replace it")
-    _check_writable(path, path.parent)
+    check_writable(path, path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -74,13 +74,11 @@ def claim_output_dir(
         raise PolypsegError(f"{path} is a file, not a folder")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise PolypsegError(f"{path} exists and is not empty; {hint}")
-    _check_writable(path, path.parent)
-    if path.is_dir():
-        _check_writable(path, path)
+    check_writable(path, path if path.is_dir() else path.parent)
     return path
 
 
-def _check_writable(path: Path, folder: Path) -> None:
+def check_writable(path: Path, folder: Path) -> None:
     """A one-line error now, before any work, if `folder` (to hold output `path`) cannot take a new file:
     a file stands where a folder must, or its nearest existing folder refuses (read-only, no permission,
     a pseudo file system). Tried with a temp file, created and removed, since permission bits alone

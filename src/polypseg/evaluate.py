@@ -355,6 +355,7 @@ def evaluate(
     detection.parse_min_area(min_polyp_area, "--min-polyp-area")
     ckpt_paths = resolve_checkpoints(checkpoint)
     out_dir = atomic.claim_output_dir(out, overwrite, "pass --overwrite to replace its contents")
+    atomic.check_writable(out_dir, out_dir.parent)  # the results are put together beside it, then renamed
     predictor = Predictor.from_checkpoint(
         ckpt_paths,
         device=device,
