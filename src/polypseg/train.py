@@ -261,6 +261,7 @@ def train(
         ckpt = load_checkpoint(out / "last.pt")
         if "optimizer" not in ckpt:
             raise PolypsegError(f"{out / 'last.pt'} has no training state to resume")
+        atomic.check_writable(out, out)  # a run folder that takes no files fails now, not at the first save
         cfg = config_from_dict(ckpt["config"])
     else:
         hint = f"it holds an earlier run: --resume {out} continues it, --overwrite replaces it"
