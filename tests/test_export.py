@@ -60,6 +60,24 @@ def test_predict_cli_accepts_onnx(exported, cvc, tmp_path):
     assert json.loads((out / "30.json").read_text())["width"] == 384
 
 
+@pytest.mark.parametrize("device", ["cpu", "auto", "cuda", "cuda:1", "tpu"])
+def test_an_onnx_model_runs_where_asked_or_says_why_not(exported, cvc, tmp_path, capsys, device):
+    """--device is obeyed for an ONNX model as for a PyTorch one: the CPU, CUDA through onnxruntime-gpu,
+    or a one-line error; never a silent CPU run when a GPU was asked for."""
+    import onnxruntime as ort
+
+    cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
+    frame = cvc / "PNG" / "Original" / "30.png"
+    code = cli("predict", exported, frame, "--out", tmp_path / "p", "--device", device)
+    err = capsys.readouterr().err
+    if device in ("cpu", "auto") or (device.startswith("cuda") and cuda_ort):
+        assert code == 0
+    else:
+        assert code == 2 and err.count("\n") == 1 and not (tmp_path / "p").exists()
+        why = "unknown device 'tpu'" if device == "tpu" else "this ONNX Runtime runs on the CPU only"
+        assert why in err
+
+
 def test_foreign_onnx_is_a_clear_error(tmp_path, capsys):
     node = helper.make_node("Identity", ["x"], ["y"])
     graph = helper.make_graph(

@@ -17,12 +17,7 @@ def pick_device(device: str = "auto") -> torch.device:
     Only the CPU and CUDA are tested; other PyTorch backends are refused by name rather than half-run."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index):
-        raise PolypsegError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    dev = parse_device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise PolypsegError("CUDA was asked for but no GPU is available")
@@ -30,6 +25,17 @@ def pick_device(device: str = "auto") -> torch.device:
             raise PolypsegError(
                 f"{device}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
             )
+    return dev
+
+
+def parse_device(device: str) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N` as a torch.device, whether or not it is here; anything else a one-line error."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index):
+        raise PolypsegError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
     return dev
 
 

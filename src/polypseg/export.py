@@ -21,6 +21,7 @@ from torch import nn
 from polypseg import atomic
 from polypseg.checkpoint import build_model, describe, load_checkpoint, save_safetensors
 from polypseg.detection import check_min_score
+from polypseg.devices import parse_device
 from polypseg.errors import PolypsegError
 from polypseg.imageio import read_rgb, resize_to
 from polypseg.network import agreed, resolve_checkpoints, trained_frames
@@ -87,24 +88,46 @@ def export_module(wrapper: nn.Module, path: Path, h: int, w: int, dynamic_batch:
         )
 
 
-def onnx_session(path: str | os.PathLike):
-    """An onnxruntime CPU session with every graph optimisation, logging errors only: its optimiser folds an
-    int8 graph's activations into their scales and would warn about every constant that leaves unused."""
+def onnx_session(path: str | os.PathLike, providers=("CPUExecutionProvider",)):
+    """An onnxruntime session (the CPU's unless `providers` say otherwise) with every graph optimisation,
+    logging errors only: its optimiser folds an int8 graph's activations into their scales and would warn
+    about every constant that leaves unused."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=list(providers))
 
 
-def load_onnx(path: str | os.PathLike):
-    """An onnxruntime CPU session and the polypseg description of an exported model."""
+def onnx_providers(device: str = "auto") -> list:
+    """ONNX Runtime's execution providers for `device`: CUDA's for `cuda`/`cuda:N`, and for `auto` where
+    this onnxruntime has it (the onnxruntime-gpu package); else the CPU's. `cuda` asked of an onnxruntime
+    without it is a one-line error, not a silent CPU run."""
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "auto":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda else ["CPUExecutionProvider"]
+    dev = parse_device(device)
+    if dev.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if not has_cuda:
+        raise PolypsegError(
+            f"--device {device}: this ONNX Runtime runs on the CPU only (pip install onnxruntime-gpu for "
+            "CUDA), or give the .pt or .safetensors model for PyTorch on the GPU"
+        )
+    return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
+
+
+def load_onnx(path: str | os.PathLike, device: str = "cpu"):
+    """An onnxruntime session on `device` (onnx_providers) and the polypseg description of an exported model."""
     path = Path(path)
     if not path.is_file():
         raise PolypsegError(f"model not found: {path}")
+    providers = onnx_providers(device)
     try:
-        session = onnx_session(path)
+        session = onnx_session(path, providers)
     except Exception as e:  # onnxruntime raises its own exception types for any unreadable file
         raise PolypsegError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:120]})") from None
     meta = session.get_modelmeta().custom_metadata_map

@@ -123,7 +123,7 @@ class Network:
         if path.suffix == ".onnx":
             from polypseg.export import load_onnx
 
-            session, meta = load_onnx(path)
+            session, meta = load_onnx(path, device)
             if prune is not None and prune != meta.get("prune", 0):
                 raise PolypsegError(
                     f"{path}: this ONNX model is fixed to {head_of(meta)}; export it again with --prune instead"
@@ -165,7 +165,8 @@ class Network:
 
     def device_name(self) -> str:
         if self.session is not None:
-            return f"CPU (ONNX Runtime, {self.session.get_providers()[0]})"
+            provider = self.session.get_providers()[0]
+            return f"{'GPU' if provider.startswith('CUDA') else 'CPU'} (ONNX Runtime, {provider})"
         return device_name(self.device)
 
     @property
