@@ -76,3 +76,30 @@ def test_benchmark_int8_rows_beside_fp32(tiny_run, cvc_subset, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "--int8 times ONNX Runtime on the CPU" in err and err.count("\n") == 1
     assert not (tmp_path / "b.json").exists()
+
+
+def test_an_exported_onnx_file_is_timed_as_it_is(tiny_run, cvc_subset, tmp_path, capsys):
+    """A deployment that has only the .onnx file can time it: its own input size and batch, one row;
+    sizes or --int8 it cannot honour are one-line errors."""
+    onnx_file = tmp_path / "m.onnx"
+    export = ["export", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(cvc_subset)]
+    assert main([*export, "--out", str(onnx_file), "--dynamic-batch"]) == 0
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--checkpoint", str(onnx_file), "--iters", "2", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert (res["height"], res["width"]) == (64, 80)
+    (row,) = res["rows"]
+    assert row["model"] == "m.onnx" and row["backend"] == "onnxruntime" and row["gflops"] is None
+    # the graph's weights: the network's, with batch norm folded into the convolutions (its affine pair
+    # becomes their bias), so a little fewer
+    n_params = json.loads((tiny_run / "summary.json").read_text())["params"]
+    assert 0.95 * n_params < row["params"] <= n_params
+    assert row["batch"] == 4 and row["p50_ms"] > 0 and row["throughput_img_s"] > 0
+    capsys.readouterr()
+    for extra, message in (
+        (["--height", "32"], "m.onnx takes 64x80 frames; drop --height/--width"),
+        (["--int8"], "--int8 quantises a PyTorch model; give an int8 .onnx file"),
+    ):
+        assert main(["benchmark", "--checkpoint", str(onnx_file), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

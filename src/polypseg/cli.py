@@ -289,10 +289,13 @@ def _parser() -> argparse.ArgumentParser:
         help="latency and throughput table (PyTorch and ONNX Runtime)",
         formatter_class=fmt,
         epilog="examples:\n  polypseg benchmark --device cpu --json bench.json\n"
-        "  polypseg benchmark --checkpoint full --device cpu --int8",
+        "  polypseg benchmark --checkpoint full --device cpu --int8\n"
+        "  polypseg benchmark --checkpoint model.onnx          # an exported file, as it is",
     )
     be.add_argument(
-        "--checkpoint", help="a model's variants (its heads) instead of the default architectures at 288x384"
+        "--checkpoint",
+        help="a model's variants (its heads) instead of the default architectures at 288x384; "
+        "an .onnx file is timed alone, at its own size",
     )
     be.add_argument("--device", default="auto", help=DEVICE_HELP)
     be.add_argument("--height", type=int, help="input height (default: the checkpoint's, else 288)")
