@@ -60,6 +60,13 @@ def test_predict_cli_accepts_onnx(exported, cvc, tmp_path):
     assert json.loads((out / "30.json").read_text())["width"] == 384
 
 
+def test_an_onnx_file_is_not_exported_again(exported, tmp_path, capsys):
+    assert cli("export", exported, "--out", tmp_path / "again.onnx") == 2
+    err = capsys.readouterr().err
+    assert "is an exported ONNX model; this needs the .pt or .safetensors model" in err
+    assert err.count("\n") == 1 and not (tmp_path / "again.onnx").exists()
+
+
 @pytest.mark.parametrize("device", ["cpu", "auto", "cuda", "cuda:1", "tpu"])
 def test_an_onnx_model_runs_where_asked_or_says_why_not(exported, cvc, tmp_path, capsys, device):
     """--device is obeyed for an ONNX model as for a PyTorch one: the CPU, CUDA through onnxruntime-gpu,

@@ -100,6 +100,10 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise PolypsegError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return load_safetensors(path)
+    if path.suffix == ".onnx":
+        raise PolypsegError(
+            f"{path} is an exported ONNX model; this needs the .pt or .safetensors model it came from"
+        )
     with open(path, "rb") as f:
         magic = f.read(4)
     # torch.save writes a zip archive (a pickle, protocol 2+, before PyTorch 1.6); anything else is not one,
