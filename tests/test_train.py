@@ -490,3 +490,19 @@ def test_deterministic_kernels_train_the_same_weights_on_the_cpu_and_are_switche
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
     assert yaml.safe_load((tmp_path / "true" / "config.yaml").read_text())["deterministic"] is True
+
+
+def test_an_op_without_a_deterministic_kernel_is_named_in_one_line():
+    """Under deterministic=true an op with no deterministic kernel raises (the GPU's bilinear backward
+    would; Upsample2x avoids it); the run then names the op. A real such error, from an op that has none
+    on the CPU either (max-unpooling)."""
+    from polypseg.devices import deterministic_kernels
+    from polypseg.train import _what_the_device_refused
+
+    x, idx = torch.nn.functional.max_pool2d(torch.rand(1, 1, 4, 4), 2, return_indices=True)
+    with deterministic_kernels(), pytest.raises(RuntimeError) as raised:
+        torch.nn.functional.max_unpool2d(x, idx, 2)
+    why = _what_the_device_refused(raised.value, load_config(), torch.device("cpu"))
+    assert why.startswith("deterministic=true: max_unpool") and why.endswith("set deterministic=false")
+    assert "\n" not in why and not torch.are_deterministic_algorithms_enabled()
+    assert _what_the_device_refused(RuntimeError("shapes do not match"), load_config(), None) is None

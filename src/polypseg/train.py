@@ -294,22 +294,30 @@ def train(
                 log,
             )
     except (RuntimeError, MemoryError) as e:
-        if "does not have a deterministic implementation" in str(e):
-            op = str(e).split(" does not")[0].split()[-1]
-            raise PolypsegError(
-                f"deterministic=true: {op} has no deterministic kernel on {device_name(device)}; "
-                "set deterministic=false"
-            ) from None
-        if not (what := out_of_memory(e)):
+        if (why := _what_the_device_refused(e, cfg, device)) is None:
             raise
-        half = cfg.optim.batch_size // 2
-        hint = f"try --set optim.batch_size={half}" if half >= 1 else "try a smaller data.height/data.width"
-        raise PolypsegError(
-            f"{device_name(device)} {what} at batch size {cfg.optim.batch_size} and "
-            f"{cfg.data.height}x{cfg.data.width}; {hint} (last.pt, if any, is intact)"
-        ) from None
+        raise PolypsegError(why) from None
     finally:
         distributed.teardown(info)
+
+
+def _what_the_device_refused(e: BaseException, cfg: TrainConfig, device) -> str | None:
+    """The one-line reason for a run the device could not do (out of memory; no deterministic kernel for
+    an op under deterministic=true), with what to try; None for any other error."""
+    if "does not have a deterministic implementation" in str(e):
+        op = str(e).split(" does not")[0].split()[-1]
+        return (
+            f"deterministic=true: {op} has no deterministic kernel on {device_name(device)}; "
+            "set deterministic=false"
+        )
+    if not (what := out_of_memory(e)):
+        return None
+    half = cfg.optim.batch_size // 2
+    hint = f"try --set optim.batch_size={half}" if half >= 1 else "try a smaller data.height/data.width"
+    return (
+        f"{device_name(device)} {what} at batch size {cfg.optim.batch_size} and "
+        f"{cfg.data.height}x{cfg.data.width}; {hint} (last.pt, if any, is intact)"
+    )
 
 
 # The files of a run folder (anything else in it is the user's and stays).
