@@ -37,6 +37,13 @@ def test_run_folder(tiny_run):
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(float(r["val_dice"]) >= 0 for r in rows)
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert summary["epochs"] == 2 and 0 <= summary["best_val_dice"] <= 1
+    # What it ran on, to repeat it: the versions in this process, and the checkpoints carry the same.
+    import platform
+
+    env = summary["environment"]
+    assert (env["torch"], env["python"]) == (torch.__version__, platform.python_version())
+    assert env["device"].startswith("CPU") and env["polypseg"] and "cudnn" not in env
+    assert load_checkpoint(tiny_run / "best.pt")["environment"] == env
     split = json.loads((tiny_run / "split.json").read_text())
     assert split["method"] == "group" and not set(split["train"]) & set(split["val"])
     assert yaml.safe_load((tiny_run / "config.yaml").read_text())["model"]["width"] == 4

@@ -130,3 +130,23 @@ def deterministic_kernels(enabled: bool = True):
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+
+def environment(device: torch.device) -> dict:
+    """What a run ran on, for repeating it: package versions, Python, the platform, the device and, on
+    CUDA, the CUDA and cuDNN versions (another cuDNN may pick other kernels, and other rounding)."""
+    import numpy
+
+    from polypseg import __version__
+
+    env = {
+        "polypseg": __version__,
+        "torch": str(torch.__version__),  # a TorchVersion, which torch.load(weights_only=True) refuses
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device_name(device),
+    }
+    if device.type == "cuda":
+        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return env

@@ -32,7 +32,7 @@ from polypseg.data.cache import content_fingerprint, load_decoded
 from polypseg.data.layouts import combined_name, discover
 from polypseg.data.splits import Split, check_no_leak, load_groups, make_split
 from polypseg.data.validate import validate
-from polypseg.devices import deterministic_kernels, device_name, use_bf16
+from polypseg.devices import deterministic_kernels, device_name, environment, use_bf16
 from polypseg.ema import WeightEMA
 from polypseg.errors import PolypsegError, out_of_memory
 from polypseg.losses import seg_loss
@@ -502,6 +502,8 @@ def _train(
             f"at {cfg.data.height}x{cfg.data.width}; split: {split.method}; {data_info['groups']}"
         )
 
+    env = environment(device)
+
     def checkpoint_dict(epoch: int, metrics: dict, full: bool) -> dict:
         weights = eval_model if not full else model
         extra = dict(
@@ -511,6 +513,7 @@ def _train(
             metrics=metrics,
             epoch=epoch,
             threshold=cfg.threshold,
+            environment=env,
         )
         c = make_checkpoint(weights, arch, cfg.data.height, cfg.data.width, **extra)
         if full:
@@ -657,6 +660,7 @@ def _train(
         "device": device_name(device),
         "precision": precision,
         "world_size": info.world_size,
+        "environment": env,
         "params": n_params,
         "dataset": data_info,
         "split": {
