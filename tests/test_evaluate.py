@@ -84,6 +84,10 @@ def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
     val = json.loads((tiny_run / "split.json").read_text())["val"]
     assert m["frames"] == len(val) and m["threshold"] == 0.5 and len(m["checkpoint_sha256"]) == 64
     assert (m["prune"], m["head"]) == (4, "head L4") and "output head L4" in screen  # the default output
+    env = m["environment"]  # what the numbers were measured with
+    assert (
+        env["device"] == m["device"] and env["torch"] == str(torch.__version__) and "onnxruntime" not in env
+    )
     for k in (
         "dice",
         "iou",

@@ -58,6 +58,10 @@ def test_predict_cli_accepts_onnx(exported, cvc, tmp_path):
     out = tmp_path / "p"
     assert cli("predict", exported, cvc / "PNG" / "Original" / "30.png", "--out", out) == 0
     assert json.loads((out / "30.json").read_text())["width"] == 384
+    import onnxruntime
+
+    env = Predictor.from_checkpoint(exported).environment()
+    assert env["onnxruntime"] == onnxruntime.__version__ and "ONNX Runtime" in env["device"]
 
 
 def test_an_onnx_file_is_not_exported_again(exported, tmp_path, capsys):

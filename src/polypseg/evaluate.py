@@ -510,6 +510,7 @@ def evaluate(
         "negatives": negatives,
         "device": predictor.device_name(),
         "precision": predictor.precision,
+        "environment": predictor.environment(),
     }
 
     # Write everything into a temp folder, then move it into place: no half-written reports.

@@ -40,6 +40,7 @@ from polypseg.detection import (
     parse_min_area,
     peaks,
 )
+from polypseg.devices import environment
 from polypseg.errors import PolypsegError, at_least_one
 from polypseg.imageio import (
     VIDEO_EXTENSIONS,
@@ -219,6 +220,15 @@ class Predictor:
     @property
     def precision(self) -> str:
         return self.networks[0].precision
+
+    def environment(self) -> dict:
+        """What the predictions ran on (devices.environment), with ONNX Runtime's version where it ran them."""
+        env = {**environment(self.networks[0].device), "device": self.device_name()}
+        if any(n.session is not None for n in self.networks):
+            import onnxruntime
+
+            env["onnxruntime"] = onnxruntime.__version__
+        return env
 
 
 def overlay(rgb: np.ndarray, pred: Prediction) -> np.ndarray:
