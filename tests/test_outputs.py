@@ -56,8 +56,17 @@ def test_a_folder_that_takes_no_files_is_refused_before_any_work(tiny_run, cvc_s
     assert err.startswith("polypseg: error: cannot write /proc/polypseg-out") and err.count("\n") == 1
 
 
-def test_a_failed_write_names_the_target_not_its_temp_file():
-    full = OSError(28, "No space left on device", "/runs/x/.best.pt.k2j4h1ab.tmp")
-    assert _os_error(full) == "/runs/x/best.pt: No space left on device"
+def test_a_failed_write_names_the_target_not_its_temp_file(tmp_path):
+    """A disk that fills midway (no real one here: the errors a full disk raises, inside the write) is
+    reported against the file the user asked for, in one line, and no temp file stays."""
+    from polypseg import atomic
+
+    target = tmp_path / "best.pt"
+    for filename in (None, "tmp"):
+        with pytest.raises(OSError) as raised, atomic.replacing(target) as tmp:
+            raise OSError(28, "No space left on device", None if filename is None else str(tmp))
+        assert raised.value.filename == str(target)
+        assert _os_error(raised.value) == f"{target}: No space left on device"
+        assert list(tmp_path.iterdir()) == []
     assert _os_error(OSError(13, "Permission denied", "/data/a.png")) == "/data/a.png: Permission denied"
     assert _os_error(OSError(28, "No space left on device")) == "No space left on device"

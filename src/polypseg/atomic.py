@@ -17,15 +17,23 @@ from polypseg.errors import PolypsegError
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a unique temp path beside `path` to write; when the block ends well, the temp file gets the
     permissions a plain open() would give and replaces `path` in one rename; when it fails, it is removed.
-    Unique, so two processes writing the same file never share a temp file."""
+    Unique, so two processes writing the same file never share a temp file. Errors name `path`, not the
+    temp file, which the user never asked for."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         default_permissions(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # the temp file's, or a failed write's, which names no file: the target's
+        if e.filename is None or Path(e.filename) == tmp:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

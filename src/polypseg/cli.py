@@ -607,13 +607,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _os_error(e: OSError) -> str:
-    """`e` on one line: the file it names (the target, not a temp file beside it) and the reason."""
-    if not e.filename:
-        return e.strerror or str(e)
-    name = Path(e.filename)
-    if name.name.startswith(".") and name.suffix == ".tmp":  # atomic.replacing's temp file
-        name = name.with_name(name.name[1:].rsplit(".", 2)[0])
-    return f"{name}: {e.strerror}"
+    """`e` on one line: the file it names and the reason."""
+    return f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or str(e))
 
 
 if __name__ == "__main__":
