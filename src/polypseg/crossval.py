@@ -71,31 +71,24 @@ def _train_side_by_side(
     for key in ("data", "images", "masks", "cache_dir"):
         values = source[key] if isinstance(source[key], (list, tuple)) else [source[key]]
         flags += [arg for v in values if v is not None for arg in (f"--{key.replace('_', '-')}", str(v))]
+
+    def start(fold: int, action: str) -> tuple[subprocess.Popen, Path]:
+        run = runs[fold]
+        fresh = ["--config", str(config), "--set", f"data.fold={fold}", "--out", str(run), "--overwrite"]
+        args = ["--resume", str(run)] if action == "continue" else fresh
+        log = run.parent / f"{run.name}.log"
+        _announce(fold, len(runs), action, run, f" (log: {log})")
+        with open(log, "a" if action == "continue" else "w") as f:  # a continued fold adds to its log
+            cmd = [sys.executable, "-m", "polypseg", "train", *args, *flags, "--no-progress"]
+            return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), log
+
     waiting, running, failed = list(todo.items()), {}, []
     last_report = time.monotonic()
     try:
         while waiting or running:
             while waiting and len(running) < jobs:
                 fold, action = waiting.pop(0)
-                run = runs[fold]
-                args = (
-                    ["--resume", str(run)]
-                    if action == "continue"
-                    else [
-                        "--config",
-                        str(config),
-                        "--set",
-                        f"data.fold={fold}",
-                        "--out",
-                        str(run),
-                        "--overwrite",
-                    ]
-                )
-                log = run.parent / f"{run.name}.log"
-                _announce(fold, len(runs), action, run, f" (log: {log})")
-                with open(log, "a" if action == "continue" else "w") as f:  # a continued fold adds to its log
-                    cmd = [sys.executable, "-m", "polypseg", "train", *args, *flags, "--no-progress"]
-                    running[fold] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), log)
+                running[fold] = start(fold, action)
             time.sleep(1)
             if time.monotonic() - last_report >= report_every_s and running:
                 print("; ".join(_progress(fold, runs[fold], epochs) for fold in sorted(running)), flush=True)
