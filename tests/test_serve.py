@@ -109,6 +109,30 @@ def test_an_ensemble_serves_the_mean_of_its_models(frame):
     assert [p["box_xyxy"] for p in r["polyps"]] == [p["box_xyxy"] for p in want.polyps] != []
 
 
+def test_the_service_runs_the_model_as_evaluate_would(frame):
+    """serve takes predict's and evaluate's model options (head, TTA, threshold, minimum area and score),
+    says which it runs, and answers what the Predictor with the same options answers."""
+    import cv2
+    import numpy as np
+
+    from polypseg import Predictor
+
+    opts = dict(prune=2, tta=True, threshold=0.4, min_area=100, min_score=0.6)
+    args = ["--checkpoint", "fast", "--prune", "2", "--tta", "--threshold", "0.4", "--min-area", "100"]
+    base, proc = _serve(*args, "--min-score", "0.6")
+    try:
+        h = httpx.get(base + "/health").json()
+        assert h["output"] == "head L2, flip TTA" and h["tta"] is True
+        assert (h["threshold"], h["min_area"], h["min_score"]) == (0.4, "100", 0.6)
+        r = _post(base, frame).json()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    rgb = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    want = Predictor.from_checkpoint("fast", device="cpu", **opts).predict(rgb).to_json()
+    assert r["polyps"] == want["polyps"] and r["polyp_present_score"] == want["polyp_present_score"]
+
+
 def test_predict_returns_schema_and_images(server, frame):
     base, _ = server
     r = _post(base, frame)

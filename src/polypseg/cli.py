@@ -66,8 +66,9 @@ CHECKPOINT_HELP = (
 DEVICE_HELP = "auto | cpu | cuda | cuda:N (default auto: a GPU if there is one)"
 
 
-def _inference_args(p: argparse.ArgumentParser) -> None:
-    """The model and inference options `evaluate` and `predict` share."""
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """The model and how it is run, which `evaluate`, `predict` and `serve` share: a served model runs as
+    it was evaluated."""
     p.add_argument("--checkpoint", action="append", metavar="CKPT", help=CHECKPOINT_HELP)
     p.add_argument("--threshold", type=float, help="probability threshold (default: the checkpoint's)")
     p.add_argument(
@@ -95,6 +96,11 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
         "shows the trade",
     )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def _inference_args(p: argparse.ArgumentParser) -> None:
+    """The options `evaluate` and `predict` share: the model's, and how many frames at once."""
+    _model_args(p)
     p.add_argument("--batch-size", type=int, default=8, help="frames through the network at once (default 8)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into an existing output folder")
 
@@ -316,17 +322,12 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="REST API and web page",
         formatter_class=fmt,
-        epilog="example:\n  polypseg serve --port 8000   # then open http://127.0.0.1:8000/",
+        epilog="examples:\n  polypseg serve --port 8000   # then open http://127.0.0.1:8000/\n"
+        "  polypseg serve --checkpoint runs/full/best.pt --tta --min-score 0.9 --host 0.0.0.0",
     )
-    sv.add_argument("--checkpoint", action="append", metavar="CKPT", help=CHECKPOINT_HELP)
+    _model_args(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="default 8000")
-    sv.add_argument("--device", default="auto", help=DEVICE_HELP)
-    sv.add_argument(
-        "--min-score",
-        type=float,
-        help="lowest peak probability of a component counted as a polyp (default: the checkpoint's, else 0)",
-    )
     return ap
 
 
@@ -440,8 +441,8 @@ def _checkpoint(a) -> list[str] | str | None:
     return a.checkpoint or ("fast" if a.mode == "fast" else None)
 
 
-def _inference(a) -> dict:
-    """The model and inference options `evaluate` and `predict` share (`_inference_args`), as keywords."""
+def _model(a) -> dict:
+    """The model options (`_model_args`) as keywords for Predictor.from_checkpoint and its callers."""
     return dict(
         checkpoint=_checkpoint(a),
         threshold=a.threshold,
@@ -450,9 +451,12 @@ def _inference(a) -> dict:
         min_area=a.min_area,
         min_score=a.min_score,
         device=a.device,
-        batch_size=a.batch_size,
-        overwrite=a.overwrite,
     )
+
+
+def _inference(a) -> dict:
+    """The options `evaluate` and `predict` share (`_inference_args`), as keywords."""
+    return dict(**_model(a), batch_size=a.batch_size, overwrite=a.overwrite)
 
 
 def _cmd_evaluate(a) -> int:
@@ -534,7 +538,7 @@ def _cmd_benchmark(a) -> int:
 def _cmd_serve(a) -> int:
     from polypseg.serve.app import run
 
-    run(checkpoint=a.checkpoint, host=a.host, port=a.port, device=a.device, min_score=a.min_score)
+    run(host=a.host, port=a.port, **_model(a))
     return 0
 
 

@@ -106,6 +106,8 @@ def create_app(
             "output": predictor.output,
             "threshold": predictor.threshold,
             "min_score": predictor.min_score,
+            "min_area": predictor.min_area,
+            "tta": predictor.tta,
             "device": predictor.device_name(),
             "precision": predictor.precision,
         }
@@ -170,13 +172,16 @@ def run(
     port: int = 8000,
     device: str = "auto",
     min_score: float | None = None,
+    **model,
 ) -> None:
+    """Serve `checkpoint` on host:port; `model`: Predictor.from_checkpoint's other options (prune,
+    threshold, tta, min_area), so that the service runs the model as `evaluate` measured it."""
     import uvicorn
 
     if min_score is not None:
         check_min_score(min_score)  # before the port is taken
     sock = _listen(host, port)
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, min_score=min_score)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, min_score=min_score, **model)
     port = sock.getsockname()[1]  # the one the system chose for --port 0
     print(
         f"polypseg serving {predictor.meta.get('arch', {}).get('name')} ({predictor.output}) on http://{host}:{port}/ "
