@@ -189,6 +189,27 @@ def test_an_exported_operating_point_is_the_default(tiny_run, cvc_subset, tmp_pa
     assert "min_score must be in 0..1" in err and err.count("\n") == 1 and not bad.exists()
 
 
+def test_an_exported_threshold_is_the_default(tiny_run, cvc_subset, tmp_path, capsys):
+    """`export --threshold` stores the mask threshold (both formats) as --min-score stores its operating
+    point: the default of predict, evaluate and serve unless told otherwise; a bad value writes nothing."""
+    st, ox = tmp_path / "m.safetensors", tmp_path / "m.onnx"
+    assert (
+        cli("export", tiny_run / "best.pt", "--format", "safetensors", "--threshold", "0.3", "--out", st) == 0
+    )
+    assert cli("export", tiny_run / "best.pt", "--threshold", "0.7", "--data", cvc_subset, "--out", ox) == 0
+    assert Predictor.from_checkpoint(st, device="cpu").threshold == 0.3
+    assert Predictor.from_checkpoint(ox).threshold == 0.7
+    assert Predictor.from_checkpoint(st, device="cpu", threshold=0.5).threshold == 0.5
+    out = tmp_path / "ev"
+    assert cli("evaluate", ox, "--data", cvc_subset, "--split", "all", "--out", out) == 0
+    assert json.loads((out / "metrics.json").read_text())["threshold"] == 0.7
+    capsys.readouterr()
+    bad = tmp_path / "bad.onnx"
+    assert cli("export", tiny_run / "best.pt", "--threshold", "1.5", "--out", bad) == 2
+    err = capsys.readouterr().err
+    assert "threshold must be in 0..1" in err and err.count("\n") == 1 and not bad.exists()
+
+
 def test_export_without_data_checks_parity_on_random_frames(tiny_run, tmp_path, monkeypatch, capsys):
     """A machine with a checkpoint and no dataset can still export; missing data that was asked for, or
     int8 calibration without frames, fails before any file is written."""

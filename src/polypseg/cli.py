@@ -289,6 +289,12 @@ def _parser() -> argparse.ArgumentParser:
         help="store an operating point in the exported model: the lowest peak probability of a component "
         "counted as a polyp, then the default of predict, evaluate and serve (choose it on validation frames)",
     )
+    ex.add_argument(
+        "--threshold",
+        type=float,
+        help="store the probability threshold of the masks in the exported model (default: the checkpoint's, "
+        "0.5 unless trained with another), then the default of predict, evaluate and serve",
+    )
 
     be = sub.add_parser(
         "benchmark",
@@ -501,7 +507,7 @@ def _cmd_export(a) -> int:
     if a.format == "safetensors":
         if not a.checkpoint:
             raise PolypsegError("--format safetensors needs --checkpoint")
-        export_safetensors(a.checkpoint, a.out, a.min_score, a.overwrite)
+        export_safetensors(a.checkpoint, a.out, a.min_score, a.overwrite, a.threshold)
         print(f"wrote {a.out}")
         return 0
 
@@ -514,6 +520,7 @@ def _cmd_export(a) -> int:
         quantize=a.quantize,
         min_score=a.min_score,
         overwrite=a.overwrite,
+        threshold=a.threshold,
     )
     return 0
 

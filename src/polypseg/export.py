@@ -140,14 +140,22 @@ def load_onnx(path: str | os.PathLike, device: str = "cpu"):
     return session, desc
 
 
-def _load(checkpoint, min_score: float | None) -> tuple[list[dict], list[Path]]:
+def _load(
+    checkpoint, min_score: float | None, threshold: float | None = None
+) -> tuple[list[dict], list[Path]]:
     """The checkpoints to export (one, or an ensemble's: --checkpoint repeated or a cv folder), with the
-    operating point they are to carry (`--min-score`), if one is given, and the files they came from."""
+    operating point they are to carry (`--min-score`, `--threshold`), where given, and the files they
+    came from."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise PolypsegError(f"threshold must be in 0..1 (a probability), got {threshold}")
+    if min_score is not None:
+        check_min_score(min_score)
     srcs = resolve_checkpoints(checkpoint)
     ckpts = [load_checkpoint(src) for src in srcs]
-    if min_score is not None:
-        for ckpt in ckpts:
-            ckpt["min_score"] = check_min_score(min_score)
+    for ckpt in ckpts:
+        for key, value in (("min_score", min_score), ("threshold", threshold)):
+            if value is not None:
+                ckpt[key] = value
     return ckpts, srcs
 
 
@@ -160,7 +168,7 @@ def _ensemble_description(ckpts: list[dict], srcs: list[Path], models: list[nn.M
             "an ONNX ensemble takes one input size; these models take "
             + ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
         )
-    agreed(ckpts, "threshold", 0.5, "an ensemble's models must agree on it")
+    agreed(ckpts, "threshold", 0.5, "choose one with --threshold")
     agreed(ckpts, "min_score", 0.0, "choose one with --min-score")
     desc = describe(ckpts[0])
     if len(ckpts) > 1:
@@ -183,10 +191,14 @@ def _ensemble_description(ckpts: list[dict], srcs: list[Path], models: list[nn.M
 
 
 def export_safetensors(
-    checkpoint: str | None, out: str, min_score: float | None = None, overwrite: bool = False
+    checkpoint: str | None,
+    out: str,
+    min_score: float | None = None,
+    overwrite: bool = False,
+    threshold: float | None = None,
 ) -> None:
     """fp16 weights and the description, the format the bundled models ship in."""
-    ckpts, srcs = _load(checkpoint, min_score)
+    ckpts, srcs = _load(checkpoint, min_score, threshold)
     if len(ckpts) > 1:
         raise PolypsegError("a safetensors file holds one model; export an ensemble with --format onnx")
     save_safetensors(ckpts[0], atomic.claim_output_file(out, overwrite, srcs))
@@ -203,12 +215,13 @@ def export_onnx(
     quiet: bool = False,
     min_score: float | None = None,
     overwrite: bool = False,
+    threshold: float | None = None,
 ) -> dict:
     """Export, attach metadata, and check ONNX Runtime against PyTorch on real frames (fp32, max |dp| <= 1e-3).
     The file is put in place only once the check has passed; an existing one is kept unless `overwrite`."""
     import onnx
 
-    ckpts, srcs = _load(checkpoint, min_score)
+    ckpts, srcs = _load(checkpoint, min_score, threshold)
     models = [build_model(ckpt, prune) for ckpt in ckpts]
     desc = _ensemble_description(ckpts, srcs, models)
     h, w = desc["input"]["height"], desc["input"]["width"]
