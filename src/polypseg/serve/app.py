@@ -181,7 +181,11 @@ def run(
     if min_score is not None:
         check_min_score(min_score)  # before the port is taken
     sock = _listen(host, port)
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, min_score=min_score, **model)
+    try:
+        predictor = Predictor.from_checkpoint(checkpoint, device=device, min_score=min_score, **model)
+    except BaseException:  # a model that cannot load frees the port at once
+        sock.close()
+        raise
     port = sock.getsockname()[1]  # the one the system chose for --port 0
     print(
         f"polypseg serving {predictor.meta.get('arch', {}).get('name')} ({predictor.output}) on http://{host}:{port}/ "
