@@ -111,7 +111,8 @@ def test_api_matches_cli_and_evaluation(tiny_run, frames, cvc_subset, tmp_path):
     )
     import csv
 
-    row = next(x for x in csv.DictReader(open(tmp_path / "ev" / "per_image.csv")) if x["name"] == "5")
+    rows = csv.DictReader((tmp_path / "ev" / "per_image.csv").read_text().splitlines())
+    row = next(x for x in rows if x["name"] == "5")
     assert float(row["polyp_present_score"]) == pytest.approx(r.polyp_present_score, abs=1e-4)
     assert ev["frames"] == 40
 

@@ -13,6 +13,7 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ def _free_port() -> int:
 
 
 def _rss_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
@@ -63,6 +64,7 @@ def server(cvc):
     yield base, proc
     proc.terminate()
     proc.wait(10)
+    proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,7 @@ def test_an_ensemble_serves_the_mean_of_its_models(frame):
     finally:
         proc.terminate()
         proc.wait(10)
+        proc.stdout.close()
     rgb = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
     want = Predictor.from_checkpoint(["full", "fast"], device="cpu", min_score=0.5).predict(rgb)
     assert [p["box_xyxy"] for p in r["polyps"]] == [p["box_xyxy"] for p in want.polyps] != []
@@ -128,6 +131,7 @@ def test_the_service_runs_the_model_as_evaluate_would(frame):
     finally:
         proc.terminate()
         proc.wait(10)
+        proc.stdout.close()
     rgb = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
     want = Predictor.from_checkpoint("fast", device="cpu", **opts).predict(rgb).to_json()
     assert r["polyps"] == want["polyps"] and r["polyp_present_score"] == want["polyp_present_score"]

@@ -156,12 +156,15 @@ def _listen(host: str, port: int) -> socket.socket:
     """The server's socket, bound before the model loads: a busy port or a bad address is a one-line error."""
     if not 0 <= port <= 65535:
         raise PolypsegError(f"--port must be 0..65535, got {port}")
+    sock = None
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as e:  # socket.gaierror for an unknown host is one too
+        if sock is not None:
+            sock.close()
         raise PolypsegError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     return sock
 
