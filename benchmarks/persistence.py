@@ -36,7 +36,8 @@ def overlaps(a, b, pad: int) -> bool:
 def ordered_frames(runs: list[Path], data: Path, batch: int = 16):
     """(run, sequence, FrameDetections, components) for each held-out frame, in frame order per sequence."""
     pairs = {p.name: p for p in discover(data).pairs}
-    seq = {r["frame"]: r["sequence"] for r in csv.DictReader(open(data / "sequences.csv"))}
+    with open(data / "sequences.csv", newline="") as f:
+        seq = {r["frame"]: r["sequence"] for r in csv.DictReader(f)}
     for run in runs:
         names = sorted(json.loads((run / "split.json").read_text())["val"], key=int)
         p = Predictor.from_checkpoint(run / "best.pt", device="cpu")

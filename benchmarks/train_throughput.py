@@ -214,7 +214,8 @@ def _loop_overrides(device, width, size, batch, seconds, amp, backend, sets=()) 
 
 def epoch_rate(run: Path) -> float:
     # Epoch-time img/s from the real loop (validation is outside the timed part); the first epoch is warm-up.
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     rates = [float(r["img_per_s"]) for r in rows[1:]] or [float(rows[0]["img_per_s"])]
     return float(np.median(rates))
 

@@ -117,3 +117,11 @@ def tiny_run(cvc_subset, subset_groups, tmp_path_factory) -> Path:
     cfg = load_config(overrides=TINY + [f"data.groups={subset_groups}"])
     train(cfg, out=out, data=cvc_subset, progress=False)
     return out
+
+
+def csv_rows(path) -> list[dict]:
+    """The rows of a CSV file the tools wrote (metrics.csv, per_image.csv), the file closed again."""
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

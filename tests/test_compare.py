@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 
 import pytest
-from tests.conftest import cli
+from tests.conftest import cli, csv_rows
 
 from polypseg.cli import main
 
@@ -23,7 +22,7 @@ def two_evals(tiny_run, cvc_subset, tmp_path_factory):
 
 
 def _rows(d):
-    return {r["name"]: r for r in csv.DictReader(open(d / "per_image.csv"))}
+    return {r["name"]: r for r in csv_rows(d / "per_image.csv")}
 
 
 def test_compare_is_the_frame_by_frame_difference(two_evals, tmp_path, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import TINY
+from tests.conftest import TINY, csv_rows
 
 from polypseg.cli import main
 
@@ -39,7 +38,7 @@ def test_cv_scores_every_frame_once_and_continues(cvc_subset, subset_groups, tmp
         assert split["method"] == "kfold" and split["fold"] == fold
         held += split["val"]
     assert sorted(held) == sorted(p.stem for p in (cvc_subset / "images").iterdir())
-    rows = [r for f in (0, 1) for r in csv.DictReader(open(out / f"fold{f}" / "eval" / "per_image.csv"))]
+    rows = [r for f in (0, 1) for r in csv_rows(out / f"fold{f}" / "eval" / "per_image.csv")]
     assert r["pooled"]["frames"] == len(rows) == 40 and r["pooled"]["sequences"] == 4
     assert r["pooled"]["dice"]["mean"] == pytest.approx(statistics.fmean(float(x["dice"]) for x in rows))
     lo, hi = r["pooled"]["dice"]["ci95"]
@@ -108,7 +107,7 @@ def test_cv_scores_every_frame_once_and_continues(cvc_subset, subset_groups, tmp
     dice = lambda d: {  # noqa: E731
         x["name"]: float(x["dice"])
         for f in (0, 1)
-        for x in csv.DictReader(open(d / f"fold{f}" / "eval" / "per_image.csv"))
+        for x in csv_rows(d / f"fold{f}" / "eval" / "per_image.csv")
     }
     new, old = dice(other), dice(out)
     assert v["frames"] == 40 and v["sequences"] == 4 and v["baseline"] == str(out)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from html.parser import HTMLParser
 
 import numpy as np
 import torch
-from tests.conftest import cli, plain_mode
+from tests.conftest import cli, csv_rows, plain_mode
 
 from polypseg.cli import main
 
@@ -53,7 +52,7 @@ def test_training_frames_are_found_by_their_pixels_in_any_copy(cvc, polypgen, tm
         "the frames the checkpoint was not trained on: 3 of the 6 are training frames, found by their "
         "pixels, and left out"
     )
-    names = [r["name"] for r in csv.DictReader(open(tmp_path / "e" / "per_image.csv"))]
+    names = [r["name"] for r in csv_rows(tmp_path / "e" / "per_image.csv")]
     assert sorted(names) == ["case0", "case1", "case2"] and m["split"] in screen
 
     assert cli("evaluate", "full", *args, "--out", tmp_path / "f") == 2
@@ -103,7 +102,7 @@ def test_evaluate_writes_every_output(tiny_run, cvc_subset, tmp_path, capsys):
         assert k in m["segmentation"]
     assert set(m["detection"]) >= {"recall", "precision", "f1", "fp_per_frame"}
     assert "resized" in m["resize_note"]  # 384x288 frames through a 80x64 network
-    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    rows = csv_rows(out / "per_image.csv")
     assert sorted(r["name"] for r in rows) == sorted(val)
     # The report is one self-contained HTML file with its images inside.
     p = _Images()
@@ -145,7 +144,7 @@ def test_evaluate_by_sequence(tiny_run, cvc, cvc_subset, tmp_path, capsys):
     lo, hi = seg["dice_ci95"]
     assert lo <= seg["dice"] <= hi and seg["ci95_over"] == "3 sequences"
     assert "by sequence (3), lowest Dice@0.5" in screen and "(bootstrap over 3 sequences)" in screen
-    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    rows = csv_rows(out / "per_image.csv")
     assert {r["name"]: r["group"] for r in rows}["80"] == "5"
     p = _Images()
     p.feed((out / "report.html").read_text())
@@ -210,7 +209,7 @@ def test_evaluate_external_data_with_negatives(tiny_run, polypgen, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["frames"] == 6 and m["polyp_frames"] == 3 and m["negatives"]["frames"] == 3
     assert m["classification"]["negatives"] == 3 and 0 <= m["classification"]["auroc"] <= 1
-    rows = {r["name"]: r for r in csv.DictReader(open(out / "per_image.csv"))}
+    rows = {r["name"]: r for r in csv_rows(out / "per_image.csv")}
     assert all(rows[n]["dice"] == "" for n in neg) and all(rows[n]["dice"] != "" for n in pos)
     assert np.isfinite(m["segmentation"]["dice"])
     # No sequences known for these frames (the training CSV does not name them): each frame stands alone.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import socket
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests.conftest import TINY
+from tests.conftest import TINY, csv_rows
 
 from polypseg.checkpoint import load_checkpoint
 from polypseg.cli import main
@@ -33,7 +32,7 @@ def _train_args(data, out, groups, *overrides) -> list[str]:
 def test_run_folder(tiny_run):
     for f in ("config.yaml", "split.json", "metrics.csv", "curves.png", "best.pt", "last.pt", "summary.json"):
         assert (tiny_run / f).is_file(), f
-    rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
+    rows = csv_rows(tiny_run / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(float(r["val_dice"]) >= 0 for r in rows)
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert summary["epochs"] == 2 and 0 <= summary["best_val_dice"] <= 1
@@ -89,8 +88,8 @@ def test_resume_is_exact(cvc_subset, subset_groups, tmp_path):
     assert a["epoch"] == b["epoch"] == 3
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    rows_a = list(csv.DictReader(open(tmp_path / "straight" / "metrics.csv")))
-    rows_b = list(csv.DictReader(open(tmp_path / "killed" / "metrics.csv")))
+    rows_a = csv_rows(tmp_path / "straight" / "metrics.csv")
+    rows_b = csv_rows(tmp_path / "killed" / "metrics.csv")
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
 
 
@@ -172,7 +171,7 @@ def test_tensorboard_logs_what_metrics_csv_holds_and_resumes_cleanly(
     overrides = [f"data.groups={subset_groups}", "tensorboard=true", "data.split_by=frame"]
     args = _train_args(cvc_subset, tmp_path / "run", subset_groups, *overrides[1:], "optim.epochs=3")
     assert main(args) == 0
-    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    rows = csv_rows(tmp_path / "run" / "metrics.csv")
     tb = _tensorboard_scalars(tmp_path / "run")
     assert set(tb) == {"train/loss", "train/lr", "train/img_per_s", "val/dice@0.5", "val/iou@0.5"}
     assert tb["train/loss"] == [(int(r["epoch"]), pytest.approx(float(r["loss"]), rel=1e-6)) for r in rows]
@@ -184,7 +183,7 @@ def test_tensorboard_logs_what_metrics_csv_holds_and_resumes_cleanly(
     assert (
         main([*_train_args(cvc_subset, tmp_path / "run", subset_groups, *overrides[1:]), "--overwrite"]) == 0
     )
-    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    rows = csv_rows(tmp_path / "run" / "metrics.csv")
     assert [step for step, _ in _tensorboard_scalars(tmp_path / "run")["train/loss"]] == [1, 2]
     assert _tensorboard_scalars(tmp_path / "run")["train/loss"][1][1] == pytest.approx(
         float(rows[1]["loss"]), rel=1e-6
@@ -200,7 +199,7 @@ def test_tensorboard_logs_what_metrics_csv_holds_and_resumes_cleanly(
     assert main(resume) == 0
     (killed / "last.pt").write_bytes(epoch1)
     assert main(resume) == 0
-    loss = float(list(csv.DictReader(open(killed / "metrics.csv")))[-1]["loss"])
+    loss = float(csv_rows(killed / "metrics.csv")[-1]["loss"])
     steps = _tensorboard_scalars(killed)["train/loss"]
     assert [s for s, _ in steps] == [1, 2] and steps[1][1] == pytest.approx(loss, rel=1e-6)
 
@@ -239,7 +238,7 @@ def test_checkpoints_written_at_most_every_save_every_s(
     assert [e for n, e in writes if n == "last.pt"] == [1, 2, 3][-last_writes:]
     # With select=best, best.pt always ends up holding the best epoch, however rarely it was written.
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == s["best_epoch"] == s["kept_epoch"]
-    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    rows = csv_rows(tmp_path / "run" / "metrics.csv")
     walls = [float(r["wall_s"]) for r in rows]
     assert walls == sorted(walls) and all(float(r["wall_s"]) >= float(r["elapsed_s"]) for r in rows)
     assert s["wall_seconds"] == pytest.approx(walls[-1], abs=0.01)
@@ -250,9 +249,7 @@ def test_best_pt_holds_the_final_weights_by_default(tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text())
     best, last = load_checkpoint(tiny_run / "best.pt"), load_checkpoint(tiny_run / "last.pt")
     assert best["epoch"] == last["epoch"] == summary["kept_epoch"] == summary["epochs"] == 2
-    assert best["metrics"]["val_dice"] == float(
-        list(csv.DictReader(open(tiny_run / "metrics.csv")))[-1]["val_dice"]
-    )
+    assert best["metrics"]["val_dice"] == float(csv_rows(tiny_run / "metrics.csv")[-1]["val_dice"])
     assert all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
 
 

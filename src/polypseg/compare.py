@@ -29,7 +29,11 @@ from polypseg.network import cv_folds
 
 def read_rows(eval_dirs: list[Path]) -> list[dict]:
     """The per_image.csv rows of several evaluation folders, in order."""
-    return [r for d in eval_dirs for r in csv.DictReader(open(Path(d) / "per_image.csv"))]
+    rows = []
+    for d in eval_dirs:
+        with open(Path(d) / "per_image.csv", newline="") as f:
+            rows += csv.DictReader(f)
+    return rows
 
 
 def frame_rows(eval_dirs: list[Path]) -> dict[str, dict]:

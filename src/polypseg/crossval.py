@@ -48,7 +48,8 @@ def _announce(fold: int, k: int, action: str, run: Path, extra: str = "") -> Non
 def _progress(fold: int, run: Path, epochs: int) -> str:
     """'fold F: epoch E/N, val Dice D' from the run's metrics.csv, as far as it has come."""
     try:
-        rows = list(csv.DictReader(open(run / "metrics.csv")))
+        with open(run / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
     except OSError:
         rows = []
     if not rows:
