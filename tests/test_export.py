@@ -165,49 +165,42 @@ def test_safetensors_export_of_last_pt_is_the_model_alone(tiny_run, cvc, tmp_pat
     assert np.abs(a.probability - b.probability).max() < 1e-2  # fp16 weights
 
 
-def test_an_exported_operating_point_is_the_default(tiny_run, cvc_subset, tmp_path, capsys):
-    """`export --min-score` stores the minimum score in the model (both formats); predict, evaluate and serve
-    then use it unless told otherwise; a bad value is refused before anything is written."""
+@pytest.mark.parametrize(
+    "key, default, bad, message",
+    [
+        ("min_score", 0.0, "-1", "min_score must be in 0..1"),
+        ("threshold", 0.5, "1.5", "threshold must be in 0..1"),
+    ],
+)
+def test_an_exported_operating_point_is_the_default(
+    tiny_run, cvc_subset, tmp_path, capsys, key, default, bad, message
+):
+    """`export --min-score` and `--threshold` store the operating point in the model (both formats);
+    predict, evaluate and serve then use it unless told otherwise; a bad value is refused before anything
+    is written."""
+    flag = "--" + key.replace("_", "-")
     st, ox = tmp_path / "m.safetensors", tmp_path / "m.onnx"
+    assert cli("export", tiny_run / "best.pt", "--format", "safetensors", flag, "0.9", "--out", st) == 0
+    assert cli("export", tiny_run / "best.pt", flag, "0.8", "--data", cvc_subset, "--out", ox) == 0
+    assert getattr(Predictor.from_checkpoint(st, device="cpu"), key) == 0.9
+    assert getattr(Predictor.from_checkpoint(ox), key) == 0.8
+    assert getattr(Predictor.from_checkpoint(st, device="cpu", **{key: 0.2}), key) == 0.2
     assert (
-        cli("export", tiny_run / "best.pt", "--format", "safetensors", "--min-score", "0.9", "--out", st) == 0
-    )
-    assert cli("export", tiny_run / "best.pt", "--min-score", "0.8", "--data", cvc_subset, "--out", ox) == 0
-    assert Predictor.from_checkpoint(st, device="cpu").min_score == 0.9
-    assert Predictor.from_checkpoint(ox).min_score == 0.8
-    assert Predictor.from_checkpoint(st, device="cpu", min_score=0.0).min_score == 0.0
-    assert Predictor.from_checkpoint(tiny_run / "best.pt", device="cpu").min_score == 0.0  # none stored
-    out = tmp_path / "ev"
-    assert cli("evaluate", st, "--data", cvc_subset, "--split", "all", "--out", out, "--device", "cpu") == 0
-    assert json.loads((out / "metrics.json").read_text())["min_score"] == 0.9
+        getattr(Predictor.from_checkpoint(tiny_run / "best.pt", device="cpu"), key) == default
+    )  # as trained
+    for model, stored in ((st, 0.9), (ox, 0.8)):
+        out = tmp_path / f"ev_{model.suffix[1:]}"
+        assert (
+            cli("evaluate", model, "--data", cvc_subset, "--split", "all", "--out", out, "--device", "cpu")
+            == 0
+        )
+        assert json.loads((out / "metrics.json").read_text())[key] == stored
     capsys.readouterr()
-    bad = tmp_path / "bad.safetensors"
-    assert (
-        cli("export", tiny_run / "best.pt", "--format", "safetensors", "--min-score", "-1", "--out", bad) == 2
-    )
-    err = capsys.readouterr().err
-    assert "min_score must be in 0..1" in err and err.count("\n") == 1 and not bad.exists()
-
-
-def test_an_exported_threshold_is_the_default(tiny_run, cvc_subset, tmp_path, capsys):
-    """`export --threshold` stores the mask threshold (both formats) as --min-score stores its operating
-    point: the default of predict, evaluate and serve unless told otherwise; a bad value writes nothing."""
-    st, ox = tmp_path / "m.safetensors", tmp_path / "m.onnx"
-    assert (
-        cli("export", tiny_run / "best.pt", "--format", "safetensors", "--threshold", "0.3", "--out", st) == 0
-    )
-    assert cli("export", tiny_run / "best.pt", "--threshold", "0.7", "--data", cvc_subset, "--out", ox) == 0
-    assert Predictor.from_checkpoint(st, device="cpu").threshold == 0.3
-    assert Predictor.from_checkpoint(ox).threshold == 0.7
-    assert Predictor.from_checkpoint(st, device="cpu", threshold=0.5).threshold == 0.5
-    out = tmp_path / "ev"
-    assert cli("evaluate", ox, "--data", cvc_subset, "--split", "all", "--out", out) == 0
-    assert json.loads((out / "metrics.json").read_text())["threshold"] == 0.7
-    capsys.readouterr()
-    bad = tmp_path / "bad.onnx"
-    assert cli("export", tiny_run / "best.pt", "--threshold", "1.5", "--out", bad) == 2
-    err = capsys.readouterr().err
-    assert "threshold must be in 0..1" in err and err.count("\n") == 1 and not bad.exists()
+    for fmt in ("safetensors", "onnx"):
+        out = tmp_path / f"bad.{fmt}"
+        assert cli("export", tiny_run / "best.pt", "--format", fmt, flag, bad, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and not out.exists()
 
 
 def test_export_without_data_checks_parity_on_random_frames(tiny_run, tmp_path, monkeypatch, capsys):

@@ -15,8 +15,12 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import httpx
+import numpy as np
 import pytest
+
+from polypseg import Predictor
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -91,23 +95,24 @@ def test_health_docs_page(server):
     assert 'id="drop"' in httpx.get(base + "/").text
 
 
-def test_an_ensemble_serves_the_mean_of_its_models(frame):
-    """Two --checkpoint: the service runs both models and says so; its masks are the ensemble's."""
-    import cv2
-    import numpy as np
-
-    from polypseg import Predictor
-
-    base, proc = _serve("--checkpoint", "full", "--checkpoint", "fast", "--min-score", "0.5")
+def _health_and_answer(frame: bytes, *args: str) -> tuple[dict, dict, np.ndarray]:
+    """A server of its own with `args`: its /health, its answer for `frame`, and the frame as RGB."""
+    base, proc = _serve(*args)
     try:
-        h = httpx.get(base + "/health").json()
-        assert h["output"] == "head L4, mean of 2 models" and h["min_score"] == 0.5
-        r = _post(base, frame).json()
+        health, answer = httpx.get(base + "/health").json(), _post(base, frame).json()
     finally:
         proc.terminate()
         proc.wait(10)
         proc.stdout.close()
-    rgb = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    return health, answer, cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+def test_an_ensemble_serves_the_mean_of_its_models(frame):
+    """Two --checkpoint: the service runs both models and says so; its masks are the ensemble's."""
+    h, r, rgb = _health_and_answer(
+        frame, "--checkpoint", "full", "--checkpoint", "fast", "--min-score", "0.5"
+    )
+    assert h["output"] == "head L4, mean of 2 models" and h["min_score"] == 0.5
     want = Predictor.from_checkpoint(["full", "fast"], device="cpu", min_score=0.5).predict(rgb)
     assert [p["box_xyxy"] for p in r["polyps"]] == [p["box_xyxy"] for p in want.polyps] != []
 
@@ -115,24 +120,11 @@ def test_an_ensemble_serves_the_mean_of_its_models(frame):
 def test_the_service_runs_the_model_as_evaluate_would(frame):
     """serve takes predict's and evaluate's model options (head, TTA, threshold, minimum area and score),
     says which it runs, and answers what the Predictor with the same options answers."""
-    import cv2
-    import numpy as np
-
-    from polypseg import Predictor
-
     opts = dict(prune=2, tta=True, threshold=0.4, min_area=100, min_score=0.6)
     args = ["--checkpoint", "fast", "--prune", "2", "--tta", "--threshold", "0.4", "--min-area", "100"]
-    base, proc = _serve(*args, "--min-score", "0.6")
-    try:
-        h = httpx.get(base + "/health").json()
-        assert h["output"] == "head L2, flip TTA" and h["tta"] is True
-        assert (h["threshold"], h["min_area"], h["min_score"]) == (0.4, "100", 0.6)
-        r = _post(base, frame).json()
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stdout.close()
-    rgb = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    h, r, rgb = _health_and_answer(frame, *args, "--min-score", "0.6")
+    assert h["output"] == "head L2, flip TTA" and h["tta"] is True
+    assert (h["threshold"], h["min_area"], h["min_score"]) == (0.4, "100", 0.6)
     want = Predictor.from_checkpoint("fast", device="cpu", **opts).predict(rgb).to_json()
     assert r["polyps"] == want["polyps"] and r["polyp_present_score"] == want["polyp_present_score"]
 
