@@ -118,7 +118,7 @@ def _onnx_file(path, device, height, width, batch, iters):
         raise PolypsegError(f"{path} was exported for batch {fixed} (export --dynamic-batch for any)")
     provider = session.get_providers()[0]
     on_gpu = provider.startswith("CUDA")
-    name = f"{device_name(torch.device('cuda')) if on_gpu else device_name(torch.device('cpu'))} ({provider})"
+    name = f"{device_name(torch.device('cuda' if on_gpu else 'cpu'))} ({provider})"
     batch = batch or fixed or (32 if on_gpu else 4)
     params = sum(
         int(np.prod(t.dims)) for t in onnx.load(str(path), load_external_data=False).graph.initializer

@@ -59,6 +59,23 @@ def check_min_score(value: float) -> float:
     return float(value)
 
 
+def check_threshold(value: float) -> float:
+    """A mask threshold (a pixel's probability) in 0..1; one-line error otherwise."""
+    if not 0.0 <= float(value) <= 1.0:
+        raise PolypsegError(f"threshold must be in 0..1 (a probability), got {value}")
+    return float(value)
+
+
+def check_operating_point(threshold: float | None, min_area, min_score: float | None) -> None:
+    """The options that turn probabilities into masks and polyps (None: the model's own), each checked
+    before any model loads: a bad one is a one-line error naming it."""
+    if threshold is not None:
+        check_threshold(threshold)
+    parse_min_area(min_area)  # pixels or a share of the frame
+    if min_score is not None:
+        check_min_score(min_score)
+
+
 @dataclass
 class Component:
     box_xyxy: tuple[int, int, int, int]

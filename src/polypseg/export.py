@@ -20,7 +20,7 @@ from torch import nn
 
 from polypseg import atomic
 from polypseg.checkpoint import build_model, describe, load_checkpoint, save_safetensors
-from polypseg.detection import check_min_score
+from polypseg.detection import DEFAULT_MIN_AREA, check_operating_point
 from polypseg.devices import parse_device
 from polypseg.errors import PolypsegError
 from polypseg.imageio import read_rgb, resize_to
@@ -146,10 +146,7 @@ def _load(
     """The checkpoints to export (one, or an ensemble's: --checkpoint repeated or a cv folder), with the
     operating point they are to carry (`--min-score`, `--threshold`), where given, and the files they
     came from."""
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise PolypsegError(f"threshold must be in 0..1 (a probability), got {threshold}")
-    if min_score is not None:
-        check_min_score(min_score)
+    check_operating_point(threshold, DEFAULT_MIN_AREA, min_score)
     srcs = resolve_checkpoints(checkpoint)
     ckpts = [load_checkpoint(src) for src in srcs]
     for ckpt in ckpts:

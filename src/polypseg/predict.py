@@ -34,10 +34,10 @@ from polypseg.detection import (
     DEFAULT_MIN_AREA,
     Component,
     check_min_score,
+    check_operating_point,
     components,
     mask_box,
     min_area_px,
-    parse_min_area,
     peaks,
 )
 from polypseg.devices import environment
@@ -144,11 +144,7 @@ class Predictor:
         1..depth = that head's sub-network (an ONNX model is fixed to the head it was exported with).
         `threshold`, `min_score`: None = the checkpoints' (0 unless exported with one); an ensemble's
         models must agree on them, or they are given here."""
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise PolypsegError(f"threshold must be in 0..1 (a probability), got {threshold}")
-        parse_min_area(min_area)  # pixels or a share of the frame; a bad value is named here
-        if min_score is not None:
-            check_min_score(min_score)
+        check_operating_point(threshold, min_area, min_score)
         networks = [Network.load(p, device, prune) for p in resolve_checkpoints(path)]
         return cls(networks, threshold, tta, min_area, min_score=min_score)
 

@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from polypseg.detection import check_min_score
+from polypseg.detection import DEFAULT_MIN_AREA, check_operating_point
 from polypseg.errors import PolypsegError
 from polypseg.imageio import encode_png, to_rgb_uint8, truncation_of
 from polypseg.predict import Predictor, overlay
@@ -175,17 +175,27 @@ def run(
     port: int = 8000,
     device: str = "auto",
     min_score: float | None = None,
-    **model,
+    prune: int | None = None,
+    threshold: float | None = None,
+    tta: bool = False,
+    min_area: int | str = DEFAULT_MIN_AREA,
 ) -> None:
-    """Serve `checkpoint` on host:port; `model`: Predictor.from_checkpoint's other options (prune,
-    threshold, tta, min_area), so that the service runs the model as `evaluate` measured it."""
+    """Serve `checkpoint` on host:port with Predictor.from_checkpoint's options, so that the service runs
+    the model as `evaluate` measured it."""
     import uvicorn
 
-    if min_score is not None:
-        check_min_score(min_score)  # before the port is taken
+    check_operating_point(threshold, min_area, min_score)  # before the port is taken
     sock = _listen(host, port)
     try:
-        predictor = Predictor.from_checkpoint(checkpoint, device=device, min_score=min_score, **model)
+        predictor = Predictor.from_checkpoint(
+            checkpoint,
+            device=device,
+            prune=prune,
+            threshold=threshold,
+            tta=tta,
+            min_area=min_area,
+            min_score=min_score,
+        )
     except BaseException:  # a model that cannot load frees the port at once
         sock.close()
         raise
