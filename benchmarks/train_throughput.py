@@ -181,6 +181,9 @@ LOOP_VARIANTS = {
     "all-b64": dict(
         batch=64, sets=["cuda_graph=true"], switches=dict(cudnn_limit=0, cat_grad_devices={"cpu", "cuda"})
     ),
+    "all-b128": dict(
+        batch=128, sets=["cuda_graph=true"], switches=dict(cudnn_limit=0, cat_grad_devices={"cpu", "cuda"})
+    ),
     # torch.compile with autotuned kernels (Triton, fused BatchNorm + ReLU epilogues): the untried route to
     # 600 img/s at 256x256 (NOTES 59). Compiling (minutes with autotuning) happens in the first epoch, which
     # the rate leaves out; a time budget would end the run inside it, so these run a fixed 8 epochs.
