@@ -26,6 +26,7 @@ from train_throughput import epoch_rate
 from polypseg.checkpoint import load_checkpoint
 from polypseg.config import load_config
 from polypseg.devices import device_name, pick_device
+from polypseg.models import blocks
 from polypseg.train import train
 
 
@@ -57,8 +58,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
+    ap.add_argument(
+        "--settings", default="false,true", help="the deterministic= values to run (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--upsample-matmul",
+        action="store_true",
+        help="train with up-sampling as matrix products (models.blocks.UPSAMPLE_MATMUL_DEVICES)",
+    )
     ap.add_argument("--json", default="determinism.json")
     a = ap.parse_args()
+    settings = a.settings.split(",")
+    if not set(settings) <= {"false", "true"}:
+        ap.error(f"--settings takes false and/or true, not {a.settings!r}")
+    if a.upsample_matmul:
+        blocks.UPSAMPLE_MATMUL_DEVICES = {"cpu", "cuda"}
     device = pick_device(a.device)
     base = [
         f"device={device}",
@@ -77,10 +91,11 @@ def main() -> None:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "overrides": base,
+        "upsample_matmul": a.upsample_matmul,
     }
     print(f"device: {res['device']}; unetpp width {a.width} at {a.size[0]}x{a.size[1]}, {a.epochs} epochs")
     with tempfile.TemporaryDirectory() as tmp:
-        for flag in ("false", "true"):
+        for flag in settings:
             try:
                 r = run_twice(a.data, [*base, f"deterministic={flag}"], Path(tmp), f"det_{flag}_")
             except Exception as e:  # a kernel with no deterministic version is a result too
@@ -90,7 +105,7 @@ def main() -> None:
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(res, indent=1))
     print(f"wrote {a.json}")
-    sys.exit(0 if res["deterministic_true"].get("identical") else 1)
+    sys.exit(0 if res.get("deterministic_true", {"identical": True}).get("identical") else 1)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ FAMILIES = {  # ATen op name prefix -> family
     "add": "grad-sum",  # backward: a map read by several nodes gets its gradients summed
     "_fused_adamw": "adamw",
     "_foreach": "adamw",  # unfused AdamW (CPU) and the gradient-norm clipping
+    "bmm": "matmul",  # up-sampling as matrix products (train_throughput's `up-mm` variants)
+    "mm": "matmul",
 }
 VIEWS = {
     "view",
@@ -137,30 +139,51 @@ def count(width: int, size: tuple[int, int], batch: int) -> dict:
     return {"params": n_params, "families": dict(fams)}
 
 
-def profile(device: torch.device, width: int, size: tuple[int, int], batch: int, steps: int) -> dict:
-    """Measured time per op family and step: CUDA kernel time on a GPU, operator self time on a CPU."""
+SWITCHES = ("cudnn_limit", "cat_grad_devices", "upsample_matmul_devices")
+
+
+def profile(
+    device: torch.device,
+    width: int,
+    size: tuple[int, int],
+    batch: int,
+    steps: int,
+    variant: str | None = None,
+) -> tuple[dict, list]:
+    """Measured time per op family and step: CUDA kernel time on a GPU, operator self time on a CPU; and
+    the ATen ops that took the most, [op, family, ms per step, calls per step]. variant: one of
+    train_throughput's network-alone variants (its batch, if it has one, replaces `batch`)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
-    from train_throughput import synthetic_step
+    from train_throughput import VARIANTS, process_switches, synthetic_step
 
+    opts = dict(VARIANTS[variant]) if variant else {}
+    batch = opts.pop("batch", batch)
+    switches = {k: opts.pop(k) for k in SWITCHES if k in opts}
     cuda = device.type == "cuda"
-    step, x, y = synthetic_step(device, width, size, batch, amp=True)
-    for _ in range(6):  # cuDNN autotuning, optimiser state
-        step(x, y)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    sync()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with torch_profile(activities=activities) as prof:
-        for _ in range(steps):
+    with process_switches(**switches):
+        step, x, y = synthetic_step(device, width, size, batch, amp=opts.pop("amp", True), **opts)
+        for _ in range(6):  # cuDNN autotuning, optimiser state
             step(x, y)
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
         sync()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with torch_profile(activities=activities) as prof:
+            for _ in range(steps):
+                step(x, y)
+            sync()
     fams: dict[str, float] = defaultdict(float)
+    ops = []
     for e in prof.key_averages():
         if not e.key.startswith("aten::"):
             continue  # kernels are counted through the ATen op that launched them
         us = e.self_device_time_total if cuda else e.self_cpu_time_total
-        fams[family(e.key.removeprefix("aten::"))] += us / 1e3 / steps
-    return {k: round(v, 3) for k, v in sorted(fams.items(), key=lambda kv: -kv[1]) if v > 0}
+        name = e.key.removeprefix("aten::")
+        fams[family(name)] += us / 1e3 / steps
+        if us > 0:
+            ops.append([name, family(name), round(us / 1e3 / steps, 3), round(e.count / steps, 1)])
+    top = sorted(ops, key=lambda o: -o[2])[:15]
+    return {k: round(v, 3) for k, v in sorted(fams.items(), key=lambda kv: -kv[1]) if v > 0}, top
 
 
 def bounds(fams: dict, peak_flop: float, peak_bw: float, batch: int) -> dict:
@@ -201,8 +224,19 @@ def main() -> None:
     ap.add_argument("--measured", type=float, help="img/s measured for the eager step on that card")
     ap.add_argument("--profile", metavar="DEVICE", help="also run the step on DEVICE (cpu, cuda) and time it")
     ap.add_argument("--steps", type=int, default=10, help="profiled steps (with --profile)")
+    ap.add_argument(
+        "--variant",
+        help="profile one of benchmarks/train_throughput.py's network-alone variants (e.g. up-mm) instead "
+        "of the default step; the counts stay the default step's",
+    )
     ap.add_argument("--json", type=Path, default=Path("out/step_traffic.json"))
     args = ap.parse_args()
+    if args.variant:
+        from train_throughput import VARIANTS
+
+        if args.variant not in VARIANTS:
+            ap.error(f"unknown variant {args.variant!r}; choose from {', '.join(VARIANTS)}")
+        args.batch = VARIANTS[args.variant].get("batch", args.batch)
 
     counted = count(args.width, tuple(args.size), args.batch)
     fams = counted["families"]
@@ -251,10 +285,11 @@ def main() -> None:
         )
     if args.profile:
         device = torch.device(args.profile)
-        measured = profile(device, args.width, tuple(args.size), args.batch, args.steps)
+        measured, top = profile(device, args.width, tuple(args.size), args.batch, args.steps, args.variant)
         total = sum(measured.values())
         result["profiled"] = {
             "device": device_name(device),
+            "variant": args.variant,
             "steps": args.steps,
             "ms_per_step": round(total, 2),
             "img_s_kernels_only": round(args.batch / total * 1e3, 1),
@@ -284,6 +319,10 @@ def main() -> None:
                 f"{k:<10} {ms:>8.3f} {ms / total:>6.1%} {r['tflop_s']:>8.1f} {r['gb_s']:>7.1f}"
                 + (f" {r['of_roofline']:>11.3f}" if device.type == "cuda" else "")
             )
+        result["profiled"]["top_ops"] = top
+        print(f"{'ATen op':<36} {'family':<10} {'ms/step':>8} {'calls':>6}")
+        for name, fam, ms, calls in top:
+            print(f"{name:<36} {fam:<10} {ms:>8.3f} {calls:>6}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print("wrote", args.json)

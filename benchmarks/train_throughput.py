@@ -69,27 +69,41 @@ def synthetic_step(
 
 
 @contextlib.contextmanager
-def process_switches(cudnn_limit=None, cat_grad_devices=None):
+def process_switches(cudnn_limit=None, cat_grad_devices=None, upsample_matmul_devices=None):
     """Process-wide speed-ups under test, restored afterwards. cudnn_limit: how many cuDNN algorithms
     cudnn.benchmark tries per convolution (0 = all; torch's default tries 10); cat_grad_devices: where the
-    nodes' concatenation hands back channels_last gradients (models.blocks.CAT_GRAD_DEVICES)."""
-    limit, cat_devices = torch.backends.cudnn.benchmark_limit, blocks.CAT_GRAD_DEVICES
+    nodes' concatenation hands back channels_last gradients (models.blocks.CAT_GRAD_DEVICES);
+    upsample_matmul_devices: where training up-samples with matrix products (UPSAMPLE_MATMUL_DEVICES)."""
+    limit = torch.backends.cudnn.benchmark_limit
+    cat_devices, mm_devices = blocks.CAT_GRAD_DEVICES, blocks.UPSAMPLE_MATMUL_DEVICES
     if cudnn_limit is not None:
         torch.backends.cudnn.benchmark_limit = cudnn_limit
     if cat_grad_devices is not None:
         blocks.CAT_GRAD_DEVICES = cat_grad_devices
+    if upsample_matmul_devices is not None:
+        blocks.UPSAMPLE_MATMUL_DEVICES = upsample_matmul_devices
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark_limit, blocks.CAT_GRAD_DEVICES = limit, cat_devices
+        torch.backends.cudnn.benchmark_limit = limit
+        blocks.CAT_GRAD_DEVICES, blocks.UPSAMPLE_MATMUL_DEVICES = cat_devices, mm_devices
 
 
 def network_alone(
-    device, width, size, batch, seconds, amp, cudnn_limit=None, cat_grad_devices=None, **step_opts
+    device,
+    width,
+    size,
+    batch,
+    seconds,
+    amp,
+    cudnn_limit=None,
+    cat_grad_devices=None,
+    upsample_matmul_devices=None,
+    **step_opts,
 ) -> dict:
     """img/s of the training step alone on synthetic tensors; `step_opts` go to `synthetic_step`, the
-    other two to `process_switches`: the speed-ups under test. Returns {"img_s", "warmup_s"}."""
-    with process_switches(cudnn_limit, cat_grad_devices):
+    other three to `process_switches`: the speed-ups under test. Returns {"img_s", "warmup_s"}."""
+    with process_switches(cudnn_limit, cat_grad_devices, upsample_matmul_devices):
         return _time_step(
             device, batch, seconds, *synthetic_step(device, width, size, batch, amp, **step_opts)
         )
@@ -142,6 +156,11 @@ VARIANTS = {
     # each alone: the CUDA graph, every cuDNN algorithm tried, channels_last concatenation gradients.
     "all-b64": dict(batch=64, cuda_graph=True, cudnn_limit=0, cat_grad_devices={"cpu", "cuda"}),
     "all-b128": dict(batch=128, cuda_graph=True, cudnn_limit=0, cat_grad_devices={"cpu", "cuda"}),
+    # Up-sampling as two matrix products (models.blocks.upsample2x_matmul): the profile of the 256x256
+    # step on an H200 gave PyTorch's bilinear kernels 18% of it at 6% of their roofline (NOTES 69).
+    "up-mm": dict(upsample_matmul_devices={"cpu", "cuda"}),
+    "up-mm-b64": dict(batch=64, upsample_matmul_devices={"cpu", "cuda"}),
+    "up-mm-graph-b64": dict(batch=64, cuda_graph=True, upsample_matmul_devices={"cpu", "cuda"}),
 }
 
 
@@ -183,6 +202,10 @@ LOOP_VARIANTS = {
     ),
     "all-b128": dict(
         batch=128, sets=["cuda_graph=true"], switches=dict(cudnn_limit=0, cat_grad_devices={"cpu", "cuda"})
+    ),
+    "up-mm": dict(switches=dict(upsample_matmul_devices={"cpu", "cuda"})),
+    "up-mm-graph-b64": dict(
+        batch=64, sets=["cuda_graph=true"], switches=dict(upsample_matmul_devices={"cpu", "cuda"})
     ),
     # torch.compile with autotuned kernels (Triton, fused BatchNorm + ReLU epilogues): the untried route to
     # 600 img/s at 256x256 (NOTES 59). Compiling (minutes with autotuning) happens in the first epoch, which

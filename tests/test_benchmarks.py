@@ -61,9 +61,14 @@ def test_the_seed_networks_step_costs_what_the_issue_says():
 
 
 def test_profile_on_the_cpu_times_every_family():
-    measured = step_traffic.profile(torch.device("cpu"), 4, (64, 80), 2, steps=2)
+    measured, top = step_traffic.profile(torch.device("cpu"), 4, (64, 80), 2, steps=2)
     assert {"conv", "batchnorm", "upsample"} <= set(measured)
     assert all(ms > 0 for ms in measured.values())
+    assert top and all(step_traffic.family(op) == fam for op, fam, _, _ in top)
+    assert [o[2] for o in top] == sorted((o[2] for o in top), reverse=True)
+    # A variant's step: up-sampling as matrix products leaves no bilinear kernel to time.
+    measured, _ = step_traffic.profile(torch.device("cpu"), 4, (64, 80), 2, steps=2, variant="up-mm")
+    assert "matmul" in measured and "upsample" not in measured
 
 
 def test_throughput_repeats_alternate_and_report_medians(tmp_path):

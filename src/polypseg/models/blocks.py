@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -81,9 +83,52 @@ class Upsample2x(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and x.device.type in UPSAMPLE_MATMUL_DEVICES:
+            return upsample2x_matmul(x)
         if x.is_cuda and x.requires_grad and torch.are_deterministic_algorithms_enabled():
             return upsample2x_lerp(x)
         return nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+# Where training up-samples with two matrix products (upsample2x_matmul) instead of PyTorch's bilinear
+# kernels, whose CUDA backward adds into the gradient with atomics: under test
+# (benchmarks/train_throughput.py's `up-mm` variants).
+UPSAMPLE_MATMUL_DEVICES: set[str] = set()
+
+
+@functools.lru_cache(maxsize=64)
+def _interp_matrix(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(2n, n) matrix of align_corners=True linear interpolation from n to 2n samples: row k holds the
+    weights of the two inputs around position k * (n - 1) / (2n - 1). Computed in float64, then cast."""
+    pos = torch.arange(2 * n, dtype=torch.float64) * ((n - 1) / max(2 * n - 1, 1))
+    lo = pos.floor().long().clamp_(max=n - 1)
+    hi = (lo + 1).clamp_(max=n - 1)
+    w = pos - lo
+    m = torch.zeros(2 * n, n, dtype=torch.float64)
+    rows = torch.arange(2 * n)
+    m.index_put_((rows, lo), 1 - w, accumulate=True)
+    m.index_put_((rows, hi), w, accumulate=True)
+    return m.to(device=device, dtype=dtype)
+
+
+def upsample2x_matmul(x: torch.Tensor) -> torch.Tensor:
+    """F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True) of an (N, C, H, W) map as two
+    matrix products, height then width; their backward is two more, with no atomics.
+
+    The interpolation matrices hold two non-zeros a row, so the products do ~n/2 times the arithmetic a
+    bilinear kernel does; on tensor cores that is still cheap next to the convolutions. For a channels_last
+    map both products run on its own layout ((N, H, W*C) and (N*2H, W, C) views) and the result is
+    channels_last again. In bf16 the weights are rounded to bf16 and the height pass is rounded before the
+    width pass: ~2^-8 relative, the size of bf16's own rounding.
+    """
+    n, c, h, w = x.shape
+    a_h, a_w = _interp_matrix(h, x.device, x.dtype), _interp_matrix(w, x.device, x.dtype)
+    if _strictly_channels_last(x):
+        y = torch.matmul(a_h, x.permute(0, 2, 3, 1).reshape(n, h, w * c))  # (N, 2H, W*C)
+        y = torch.matmul(a_w, y.reshape(n * 2 * h, w, c))  # (N*2H, 2W, C)
+        return y.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    y = torch.matmul(a_h, x.reshape(n * c, h, w))  # (N*C, 2H, W)
+    return torch.matmul(y, a_w.t()).view(n, c, 2 * h, 2 * w)
 
 
 def upsample2x_lerp(x: torch.Tensor) -> torch.Tensor:
