@@ -127,6 +127,19 @@ def _time_step(device, batch, seconds, step, x, y) -> dict:
     return {"img_s": n * batch / (time.perf_counter() - t0), "warmup_s": round(warmup_s, 1)}
 
 
+class NativeBatchNorm2d(blocks.BatchNorm2d):
+    """Batch norm through ATen's own CUDA kernels (native_batch_norm, with channels_last versions) even where
+    torch would hand it to cuDNN: which of the two is faster on bf16 channels_last maps."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and x.is_cuda and self.track_running_stats):
+            return super().forward(x)
+        self.num_batches_tracked.add_(1)
+        return torch.ops.aten.native_batch_norm(
+            x, self.weight, self.bias, self.running_mean, self.running_var, True, self.momentum, self.eps
+        )[0]
+
+
 # Speed-ups to try on the network alone (--variants), each against the same run's baseline.
 VARIANTS = {
     "b32": dict(batch=32),
@@ -142,6 +155,7 @@ VARIANTS = {
     "graph": dict(cuda_graph=True),
     # torch's BatchNorm2d without polypseg's CPU detour for narrow channels_last maps (NOTES 64).
     "torch-bn": dict(norm_layer=torch.nn.BatchNorm2d),
+    "native-bn": dict(norm_layer=NativeBatchNorm2d),
     # cudnn.benchmark times every algorithm cuDNN offers for each convolution, not just its heuristics'
     # top 10: the 256x256 step is convolution-bound at ~10% of the card's peak (NOTES 65).
     "cudnn-all": dict(cudnn_limit=0),
