@@ -4,7 +4,7 @@ side by side in one process; and what the deterministic kernels cost in img/s. J
 Each setting trains twice from the same seed on real frames (the random frame split, so every run sees
 the same frames), then compares the two final weight sets bit for bit and reports the largest difference,
 and each run's epoch-time img/s (median over epochs after the first). On a CPU both settings should
-repeat exactly; on a GPU the default (cuDNN autotuning, atomics in up-sampling's backward) should not,
+repeat exactly; on a GPU the default (cuDNN autotuning picks its fastest algorithms) need not,
 and `deterministic=true` should.
 
     python benchmarks/determinism.py --data ../shared/datasets/CVC-ClinicDB --json determinism.json
@@ -26,7 +26,6 @@ from train_throughput import epoch_rate
 from polypseg.checkpoint import load_checkpoint
 from polypseg.config import load_config
 from polypseg.devices import device_name, pick_device
-from polypseg.models import blocks
 from polypseg.train import train
 
 
@@ -61,18 +60,11 @@ def main() -> None:
     ap.add_argument(
         "--settings", default="false,true", help="the deterministic= values to run (default: %(default)s)"
     )
-    ap.add_argument(
-        "--upsample-matmul",
-        action="store_true",
-        help="train with up-sampling as matrix products (models.blocks.UPSAMPLE_MATMUL_DEVICES)",
-    )
     ap.add_argument("--json", default="determinism.json")
     a = ap.parse_args()
     settings = a.settings.split(",")
     if not set(settings) <= {"false", "true"}:
         ap.error(f"--settings takes false and/or true, not {a.settings!r}")
-    if a.upsample_matmul:
-        blocks.UPSAMPLE_MATMUL_DEVICES = {"cpu", "cuda"}
     device = pick_device(a.device)
     base = [
         f"device={device}",
@@ -91,7 +83,6 @@ def main() -> None:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "overrides": base,
-        "upsample_matmul": a.upsample_matmul,
     }
     print(f"device: {res['device']}; unetpp width {a.width} at {a.size[0]}x{a.size[1]}, {a.epochs} epochs")
     with tempfile.TemporaryDirectory() as tmp:

@@ -170,9 +170,11 @@ VARIANTS = {
     # each alone: the CUDA graph, every cuDNN algorithm tried, channels_last concatenation gradients.
     "all-b64": dict(batch=64, cuda_graph=True, cudnn_limit=0, cat_grad_devices={"cpu", "cuda"}),
     "all-b128": dict(batch=128, cuda_graph=True, cudnn_limit=0, cat_grad_devices={"cpu", "cuda"}),
-    # Up-sampling as two matrix products (models.blocks.upsample2x_matmul): the profile of the 256x256
-    # step on an H200 gave PyTorch's bilinear kernels 18% of it at 6% of their roofline (NOTES 69).
+    # Up-sampling as two matrix products (models.blocks.upsample2x_matmul), CUDA's default since the
+    # H200 measured it (NOTES 69): `up-mm` turns them on on the CPU too, `torch-up` off on CUDA too.
     "up-mm": dict(upsample_matmul_devices={"cpu", "cuda"}),
+    "torch-up": dict(upsample_matmul_devices=set()),
+    "torch-up-graph-b64": dict(batch=64, cuda_graph=True, upsample_matmul_devices=set()),
     "up-mm-b64": dict(batch=64, upsample_matmul_devices={"cpu", "cuda"}),
     "up-mm-graph-b64": dict(batch=64, cuda_graph=True, upsample_matmul_devices={"cpu", "cuda"}),
 }
@@ -220,6 +222,9 @@ LOOP_VARIANTS = {
     "up-mm": dict(switches=dict(upsample_matmul_devices={"cpu", "cuda"})),
     "up-mm-graph-b64": dict(
         batch=64, sets=["cuda_graph=true"], switches=dict(upsample_matmul_devices={"cpu", "cuda"})
+    ),
+    "torch-up-graph-b64": dict(
+        batch=64, sets=["cuda_graph=true"], switches=dict(upsample_matmul_devices=set())
     ),
     # torch.compile with autotuned kernels (Triton, fused BatchNorm + ReLU epilogues): the untried route to
     # 600 img/s at 256x256 (NOTES 59). Compiling (minutes with autotuning) happens in the first epoch, which

@@ -271,47 +271,44 @@ def test_cpu_training_detours_are_taken_and_change_nothing(cvc, monkeypatch, nam
     assert all(torch.allclose(a.double(), b.double(), rtol=1e-12) for a, b in zip(ba, bb))
 
 
-@pytest.mark.parametrize("impl", ["upsample2x_lerp", "upsample2x_matmul"])
 @pytest.mark.parametrize("name", ["unetpp", "unet"])
-def test_replacement_upsampling_is_bilinear_upsampling(cvc, monkeypatch, name, impl):
-    """The two replacements of bilinear up-sampling in training (blocks.Upsample2x: the lerps of
-    deterministic CUDA training, the matrix products of UPSAMPLE_MATMUL_DEVICES) compute torch's own
-    up-sampling: alone, and inside each network, the same loss and gradients in float64 on real frames;
-    channels_last maps stay channels_last."""
+def test_matmul_upsampling_is_bilinear_upsampling(cvc, monkeypatch, name):
+    """The matrix products that replace bilinear up-sampling in CUDA training (blocks.Upsample2x,
+    UPSAMPLE_MATMUL_DEVICES) compute torch's own up-sampling: alone, in either layout, and inside each
+    network, the same loss and gradients in float64 on real frames; channels_last maps and their
+    gradients stay channels_last; in bf16 they differ from torch's kernel by bf16's rounding."""
     from tests.conftest import real_batch
 
     from polypseg.losses import seg_loss
     from polypseg.models import blocks
 
-    upsample = getattr(blocks, impl)
     for shape in [(2, 3, 5, 7), (1, 2, 1, 1), (2, 16, 16, 20)]:
-        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
-        ref = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        out = upsample(x)
-        g = torch.randn_like(ref)
-        assert torch.allclose(out, ref, rtol=0, atol=1e-14)
-        assert torch.allclose(*(torch.autograd.grad(t, x, g)[0] for t in (out, ref)), rtol=0, atol=1e-13)
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+            ref = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+            out = blocks.upsample2x_matmul(x)
+            g = torch.randn_like(ref)
+            assert torch.allclose(out, ref, rtol=0, atol=1e-14)
+            assert torch.allclose(*(torch.autograd.grad(t, x, g)[0] for t in (out, ref)), rtol=0, atol=1e-13)
     cl = torch.randn(2, 16, 8, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
-    out = upsample(cl)
+    out = blocks.upsample2x_matmul(cl)
+    (grad,) = torch.autograd.grad(out.sum(), cl)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    if impl == "upsample2x_matmul":  # its backward, too, runs on the map's own layout
-        (grad,) = torch.autograd.grad(out.sum(), cl)
-        assert grad.is_contiguous(memory_format=torch.channels_last)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    b = cl.detach().bfloat16()
+    ref = torch.nn.functional.interpolate(b, scale_factor=2, mode="bilinear", align_corners=True)
+    assert (blocks.upsample2x_matmul(b).float() - ref.float()).abs().max() <= 2**-6 * b.abs().max()
 
     x, y = real_batch(cvc, [1, 30, 55, 84], 64, 80)
-    runs, calls = [], []
+    runs, calls, products = [], [], blocks.upsample2x_matmul
 
     def counted(t):
         calls.append(t.shape)
-        return upsample(t)
+        return products(t)
 
-    for replaced in (False, True):  # torch's kernel, then the replacement, which CPU runs never take
-        if replaced:
-            monkeypatch.setattr(blocks, impl, counted)
-            if impl == "upsample2x_matmul":  # the real switch
-                monkeypatch.setattr(blocks, "UPSAMPLE_MATMUL_DEVICES", {"cpu"})
-            else:  # deterministic mode takes the lerps on CUDA only
-                monkeypatch.setattr(blocks.Upsample2x, "forward", lambda self, t: counted(t))
+    for devices in (set(), {"cpu"}):  # torch's kernel, then the products, which CPU runs never take
+        monkeypatch.setattr(blocks, "UPSAMPLE_MATMUL_DEVICES", devices)
+        monkeypatch.setattr(blocks, "upsample2x_matmul", counted)
         torch.manual_seed(0)
         m = create_model(name, width=8).double().train()
         loss = seg_loss(m(x.double(), heads=True), y)

@@ -112,7 +112,8 @@ def deterministic_kernels(enabled: bool = True):
     by its heuristics rather than timed (timing can pick another algorithm in another run); restored
     afterwards. cuBLAS needs a fixed workspace for deterministic sums (CUBLAS_WORKSPACE_CONFIG, read
     when it first runs). An op with no deterministic kernel then raises instead of varying; the
-    networks' one such op, bilinear up-sampling's CUDA backward, avoids it (models.blocks.Upsample2x)."""
+    networks' one such op, bilinear up-sampling's CUDA backward, is not used in CUDA training
+    (models.blocks.Upsample2x multiplies by matrices there)."""
     if not enabled:
         yield
         return

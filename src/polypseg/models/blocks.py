@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
@@ -74,32 +72,35 @@ def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 class Upsample2x(nn.Module):
     """Bilinear up-sampling by 2 with align_corners=True (the seed's), as nn.Upsample does it; in CUDA
-    training under torch.use_deterministic_algorithms (`deterministic: true`), as two separable lerps.
+    training as two matrix products (upsample2x_matmul), the same interpolation.
 
-    PyTorch's CUDA backward of bilinear up-sampling adds into the input's gradient with atomics, in an
-    order that changes from run to run, and has no deterministic kernel (with the setting on it raises).
-    The lerps read their rows and columns with index_select, whose CUDA backward PyTorch then makes
-    deterministic. Same sampling positions and weights; the sums are rounded in another order.
+    On an H200, PyTorch's bilinear kernels and the layout copies their backward makes of the gradient
+    slices that `cat` hands back took 14 of the 39.6 ms of a 256x256 training step; the products take 1.1
+    (benchmarks/NOTES.md 69). Their backward is two more products, where PyTorch's adds into the gradient
+    with atomics in an order that changes from run to run (it has no deterministic version: under
+    `deterministic: true` it raises), so the products also make deterministic training possible. On the
+    CPU they were no faster, and inference and ONNX export keep the one bilinear operator.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad and x.device.type in UPSAMPLE_MATMUL_DEVICES:
             return upsample2x_matmul(x)
-        if x.is_cuda and x.requires_grad and torch.are_deterministic_algorithms_enabled():
-            return upsample2x_lerp(x)
         return nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
 
 
-# Where training up-samples with two matrix products (upsample2x_matmul) instead of PyTorch's bilinear
-# kernels, whose CUDA backward adds into the gradient with atomics: under test
-# (benchmarks/train_throughput.py's `up-mm` variants).
-UPSAMPLE_MATMUL_DEVICES: set[str] = set()
+# Where training up-samples with matrix products: measured on an H200 (NOTES 69); on the CPU they ran at
+# 0.94 of PyTorch's kernels. benchmarks/train_throughput.py's `up-mm` and `torch-up` variants switch it.
+UPSAMPLE_MATMUL_DEVICES = {"cuda"}
+_MATRICES: dict[tuple, torch.Tensor] = {}
 
 
-@functools.lru_cache(maxsize=64)
 def _interp_matrix(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(2n, n) matrix of align_corners=True linear interpolation from n to 2n samples: row k holds the
-    weights of the two inputs around position k * (n - 1) / (2n - 1). Computed in float64, then cast."""
+    weights of the two inputs around position k * (n - 1) / (2n - 1). Computed in float64, then cast;
+    kept per size, device and type (built before a CUDA graph's capture, in the warm-up steps)."""
+    key = (n, device, dtype)
+    if key in _MATRICES:
+        return _MATRICES[key]
     pos = torch.arange(2 * n, dtype=torch.float64) * ((n - 1) / max(2 * n - 1, 1))
     lo = pos.floor().long().clamp_(max=n - 1)
     hi = (lo + 1).clamp_(max=n - 1)
@@ -108,7 +109,10 @@ def _interp_matrix(n: int, device: torch.device, dtype: torch.dtype) -> torch.Te
     rows = torch.arange(2 * n)
     m.index_put_((rows, lo), 1 - w, accumulate=True)
     m.index_put_((rows, hi), w, accumulate=True)
-    return m.to(device=device, dtype=dtype)
+    m = m.to(device=device, dtype=dtype)
+    if not torch.compiler.is_compiling():  # under torch.compile the matrix is traced as a constant
+        _MATRICES[key] = m
+    return m
 
 
 def upsample2x_matmul(x: torch.Tensor) -> torch.Tensor:
@@ -117,9 +121,9 @@ def upsample2x_matmul(x: torch.Tensor) -> torch.Tensor:
 
     The interpolation matrices hold two non-zeros a row, so the products do ~n/2 times the arithmetic a
     bilinear kernel does; on tensor cores that is still cheap next to the convolutions. For a channels_last
-    map both products run on its own layout ((N, H, W*C) and (N*2H, W, C) views) and the result is
-    channels_last again. In bf16 the weights are rounded to bf16 and the height pass is rounded before the
-    width pass: ~2^-8 relative, the size of bf16's own rounding.
+    map both products run on its own layout ((N, H, W*C) and (N*2H, W, C) views, a gradient slice of `cat`
+    included) and the result and its gradient are channels_last again. In bf16 the weights are rounded to
+    bf16 and the height pass is rounded before the width pass: ~2^-8 relative, bf16's own rounding.
     """
     n, c, h, w = x.shape
     a_h, a_w = _interp_matrix(h, x.device, x.dtype), _interp_matrix(w, x.device, x.dtype)
@@ -129,27 +133,6 @@ def upsample2x_matmul(x: torch.Tensor) -> torch.Tensor:
         return y.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
     y = torch.matmul(a_h, x.reshape(n * c, h, w))  # (N*C, 2H, W)
     return torch.matmul(y, a_w.t()).view(n, c, 2 * h, 2 * w)
-
-
-def upsample2x_lerp(x: torch.Tensor) -> torch.Tensor:
-    """F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True) of an (N, C, H, W) map,
-    height then width, each a lerp between two rows (columns) picked with index_select."""
-    channels_last, dtype = _strictly_channels_last(x), x.dtype
-    for dim in (2, 3):
-        n = x.shape[dim]
-        # align_corners=True: output k samples input k * (n - 1) / (2n - 1), in the precision PyTorch's
-        # kernels compute it (float, or double for double maps)
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        pos = torch.arange(2 * n, device=x.device, dtype=acc) * ((n - 1) / max(2 * n - 1, 1))
-        lo = pos.floor().long().clamp_(max=n - 1)
-        hi = (lo + 1).clamp_(max=n - 1)
-        shape = [1, 1, 1, 1]
-        shape[dim] = 2 * n
-        w = (pos - lo).view(shape)
-        a, b = x.index_select(dim, lo), x.index_select(dim, hi)
-        x = a * (1 - w) + b * w  # in float (w's type) until the end, as PyTorch's kernels sum bf16 maps
-    x = x.to(dtype)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 class VGGBlock(nn.Sequential):
