@@ -53,7 +53,7 @@ FOLDS=${FOLDS:-0 1 2 3 4} ONLY=${ONLY:-} SKIP=${SKIP:-conventional bench}
 # waiting on kernel launches. Each run keeps its time budget, so more lanes give each run fewer epochs.
 LANES=${LANES:-1}
 # The inference benchmark times PyTorch on the GPU; ONNX Runtime's CPU rows belong to the 2-core machine.
-DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" TT="--width 32 --size $HW" TD="--width 32 --size $HW" BENCH="--iters 50 --no-onnx" VARIANTS=${VARIANTS:-b64,graph}
+DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" TT="--width 32 --size $HW" TD="--width 32 --size $HW" BENCH="--iters 50 --no-onnx" VARIANTS=${VARIANTS:-b64,graph,torch-up}
 LOOP_VARIANTS=${LOOP_VARIANTS:-graph}
 FAST_SIZE='"model.width=16", "data.height=64", "data.width=80"' NATIVE='"data.height=288", "data.width=384"'
 # full_large: the bundled model's candidate at 2.9x the pixels of 96x128 (NOTES 58), judged on PolypGen-val.
