@@ -123,7 +123,8 @@ def upsample2x_matmul(x: torch.Tensor) -> torch.Tensor:
     bilinear kernel does; on tensor cores that is still cheap next to the convolutions. For a channels_last
     map both products run on its own layout ((N, H, W*C) and (N*2H, W, C) views, a gradient slice of `cat`
     included) and the result and its gradient are channels_last again. In bf16 the weights are rounded to
-    bf16 and the height pass is rounded before the width pass: ~2^-8 relative, bf16's own rounding.
+    bf16 and the height pass is rounded before the width pass: ~2^-8 relative, bf16's own rounding (in
+    fp32 CUDA training the products run in TF32, as the convolutions do).
     """
     n, c, h, w = x.shape
     a_h, a_w = _interp_matrix(h, x.device, x.dtype), _interp_matrix(w, x.device, x.dtype)
