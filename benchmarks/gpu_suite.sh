@@ -7,7 +7,7 @@
 # Results are packed after every stage and every training run, so a time-out still returns what finished.
 # Budgets (s): T_RANDOM T_FOLD T_FULL T_FAST T_UNET (E_FULL, E_FOLD, E_RANDOM: in epochs, the seconds then
 # only cap them); FOLDS="0 1 2 3 4"; ONLY=run,names (e.g. full,fast);
-# SKIP="throughput profile determinism conventional bench runs" leaves out stages already measured; LANES=N trains N runs at once;
+# SKIP="throughput profile determinism upsample conventional bench runs" leaves out stages already measured; LANES=N trains N runs at once;
 # SET="key=value ..." adds overrides to every run.
 # GRAPH=auto|on|off: whether the training runs capture their step in a CUDA graph (auto: if it ran 5%
 # faster in the loop at their size).
@@ -53,7 +53,7 @@ FOLDS=${FOLDS:-0 1 2 3 4} ONLY=${ONLY:-} SKIP=${SKIP:-conventional bench}
 # waiting on kernel launches. Each run keeps its time budget, so more lanes give each run fewer epochs.
 LANES=${LANES:-1}
 # The inference benchmark times PyTorch on the GPU; ONNX Runtime's CPU rows belong to the 2-core machine.
-DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" TT="--width 32 --size $HW" TD="--width 32 --size $HW" BENCH="--iters 50 --no-onnx" VARIANTS=${VARIANTS:-b64,graph,torch-up}
+DEV=cuda BENCH_S=8 TP="--width 32 --size 256 256" TT="--width 32 --size $HW" TD="--width 32 --size $HW" BENCH="--iters 50 --no-onnx" UI="" VARIANTS=${VARIANTS:-b64,graph,torch-up}
 LOOP_VARIANTS=${LOOP_VARIANTS:-graph}
 FAST_SIZE='"model.width=16", "data.height=64", "data.width=80"' NATIVE='"data.height=288", "data.width=384"'
 # full_large: the bundled model's candidate at 2.9x the pixels of 96x128 (NOTES 58), judged on PolypGen-val.
@@ -64,7 +64,7 @@ if [ "$QUICK" = quick ]; then  # a CPU dry run of the script itself, tiny sizes
   FAST_SIZE='"model.width=4", "data.height=48", "data.width=64"' NATIVE='"data.height=64", "data.width=96"'
   LARGE='"data.height=64", "data.width=96"'
   TP="--width 4 --size 64 80" TT="--width 4 --size 64 80" BENCH="--iters 2 --height 64 --width 80 --no-onnx"
-  TD="--width 4 --size 64 80 --epochs 2 --batch 8"
+  TD="--width 4 --size 64 80 --epochs 2 --batch 8" UI="--width 4 --size 64 80 --iters 2 --batch 2 --repeat 1"
 fi
 START=$(date +%s)
 log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
@@ -100,6 +100,9 @@ skip throughput || stage throughput_train $PY benchmarks/train_throughput.py --d
 # img/s (four 3-epoch runs of w32 at the training runs' size, ~40 s).
 skip determinism || stage determinism $PY benchmarks/determinism.py --data "$CVC" --device $DEV $TD \
   --json "$W/determinism.json"
+# Inference with PyTorch's up-sampling against matrix products (CUDA training's since NOTES 69), ~20 s.
+skip upsample || stage upsample_inference $PY benchmarks/upsample_inference.py --device $DEV $UI \
+  --json "$W/upsample_inference.json"
 # The training runs use the CUDA-graph step if it ran and beat the eager loop by 5% at their size just above
 # (GRAPH=auto), or as told (GRAPH=on|off: a second call must match the first, or its folds train at another speed).
 GRAPH=${GRAPH:-auto}

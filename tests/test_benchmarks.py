@@ -1,6 +1,6 @@
 """Benchmark scripts on the CPU: step_traffic.py (the roofline of one training step: its counts against
-the network's own arithmetic, and the profile of the real step) and train_throughput.py's repeated,
-alternating variants."""
+the network's own arithmetic, and the profile of the real step), train_throughput.py's repeated,
+alternating variants, determinism.py, and upsample_inference.py."""
 
 from __future__ import annotations
 
@@ -103,3 +103,36 @@ def test_determinism_check_finds_cpu_runs_repeat(cvc_subset, tmp_path):
     for flag in ("false", "true"):
         v = r[f"deterministic_{flag}"]
         assert v["identical"] and v["max_abs_diff"] == 0 and v["tensors"] > 0 and len(v["img_s"]) == 2
+
+
+def test_upsample_inference_times_both_and_restores_the_model(tmp_path, monkeypatch):
+    """benchmarks/upsample_inference.py times torch's up-sampling and the matrix products side by side,
+    alternating; the products run only inside its block, and compute the same output."""
+    import upsample_inference
+
+    from polypseg.models import blocks
+
+    calls, products = [], blocks.upsample2x_matmul
+    monkeypatch.setattr(blocks, "upsample2x_matmul", lambda t: calls.append(t.shape) or products(t))
+    model = create_model("unetpp", width=4).eval()
+    x = torch.rand(1, 3, 32, 48) * 255
+    with torch.no_grad():
+        ref = model(x)
+        assert not calls  # inference keeps torch's kernel
+        with upsample_inference.products_in_inference():
+            assert torch.allclose(model(x), ref, atol=1e-4)
+        assert len(calls) == 10
+        assert torch.equal(model(x), ref) and len(calls) == 10  # restored
+    out = tmp_path / "ui.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "upsample_inference.py"), "--device", "cpu"]
+    cmd += ["--width", "4", "--size", "32", "48", "--batch", "2", "--iters", "2", "--repeat", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["device"].startswith("CPU") and r["repeat"] == 2
+    for name in ("torch", "products"):
+        assert len(r[name]["rounds"]) == 2 and r[name]["p50_ms"] > 0 and r[name]["throughput_img_s"] > 0
+    assert r["products_speedup_batch1"] == round(r["torch"]["p50_ms"] / r["products"]["p50_ms"], 3)
+    order = [ln.split()[2].rstrip(":") for ln in p.stdout.splitlines() if ln.startswith("round")]
+    assert order == ["torch", "products"] * 2
