@@ -139,9 +139,6 @@ def count(width: int, size: tuple[int, int], batch: int) -> dict:
     return {"params": n_params, "families": dict(fams)}
 
 
-SWITCHES = ("cudnn_limit", "cat_grad_devices", "upsample_matmul_devices")
-
-
 def profile(
     device: torch.device,
     width: int,
@@ -155,14 +152,14 @@ def profile(
     train_throughput's network-alone variants (its batch, if it has one, replaces `batch`)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
-    from train_throughput import VARIANTS, process_switches, synthetic_step
+    from train_throughput import VARIANTS, process_switches, split_switches, synthetic_step
 
     opts = dict(VARIANTS[variant]) if variant else {}
-    batch = opts.pop("batch", batch)
-    switches = {k: opts.pop(k) for k in SWITCHES if k in opts}
+    batch, amp = opts.pop("batch", batch), opts.pop("amp", True)
+    switches, step_opts = split_switches(opts)
     cuda = device.type == "cuda"
     with process_switches(**switches):
-        step, x, y = synthetic_step(device, width, size, batch, amp=opts.pop("amp", True), **opts)
+        step, x, y = synthetic_step(device, width, size, batch, amp, **step_opts)
         for _ in range(6):  # cuDNN autotuning, optimiser state
             step(x, y)
         sync = torch.cuda.synchronize if cuda else (lambda: None)

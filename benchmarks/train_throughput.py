@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import inspect
 import json
 import os
 import platform
@@ -89,21 +90,17 @@ def process_switches(cudnn_limit=None, cat_grad_devices=None, upsample_matmul_de
         blocks.CAT_GRAD_DEVICES, blocks.UPSAMPLE_MATMUL_DEVICES = cat_devices, mm_devices
 
 
-def network_alone(
-    device,
-    width,
-    size,
-    batch,
-    seconds,
-    amp,
-    cudnn_limit=None,
-    cat_grad_devices=None,
-    upsample_matmul_devices=None,
-    **step_opts,
-) -> dict:
-    """img/s of the training step alone on synthetic tensors; `step_opts` go to `synthetic_step`, the
-    other three to `process_switches`: the speed-ups under test. Returns {"img_s", "warmup_s"}."""
-    with process_switches(cudnn_limit, cat_grad_devices, upsample_matmul_devices):
+def split_switches(opts: dict) -> tuple[dict, dict]:
+    """A variant's options as (process_switches' arguments, synthetic_step's)."""
+    switches = {k: v for k, v in opts.items() if k in inspect.signature(process_switches).parameters}
+    return switches, {k: v for k, v in opts.items() if k not in switches}
+
+
+def network_alone(device, width, size, batch, seconds, amp, **opts) -> dict:
+    """img/s of the training step alone on synthetic tensors; `opts`, the speed-ups under test, go to
+    `process_switches` or to `synthetic_step`. Returns {"img_s", "warmup_s"}."""
+    switches, step_opts = split_switches(opts)
+    with process_switches(**switches):
         return _time_step(
             device, batch, seconds, *synthetic_step(device, width, size, batch, amp, **step_opts)
         )
@@ -157,11 +154,11 @@ VARIANTS = {
     "torch-bn": dict(norm_layer=torch.nn.BatchNorm2d),
     "native-bn": dict(norm_layer=NativeBatchNorm2d),
     # cudnn.benchmark times every algorithm cuDNN offers for each convolution, not just its heuristics'
-    # top 10: the 256x256 step is convolution-bound at ~10% of the card's peak (NOTES 65).
+    # top 10 (NOTES 65). On an H200 it gave nothing: the heuristics' picks were the fastest (NOTES 69).
     "cudnn-all": dict(cudnn_limit=0),
     "cudnn-all-b64": dict(cudnn_limit=0, batch=64),
-    # The nodes' concatenation with channels_last gradients on CUDA as on the CPU (NOTES 66), and the CPU
-    # without it (torch.cat's strided gradient slices).
+    # The nodes' concatenation with channels_last gradients on CUDA as on the CPU (NOTES 66; on an H200
+    # 0.98x, NOTES 69), and the CPU without it (torch.cat's strided gradient slices).
     "cat-grad": dict(cat_grad_devices={"cpu", "cuda"}),
     "torch-cat": dict(cat_grad_devices=set()),
     "torch-bn-cat": dict(norm_layer=torch.nn.BatchNorm2d, cat_grad_devices=set()),  # neither CPU detour

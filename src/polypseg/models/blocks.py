@@ -45,9 +45,9 @@ class _CatChannelsLast(torch.autograd.Function):
         return tuple(g.contiguous(memory_format=torch.channels_last) for g in grad.split(ctx.sizes, 1))
 
 
-# Where cat_channels hands back channels_last gradients: measured on the CPU only. On CUDA, too, PyTorch's
-# up-sampling backward takes its NHWC kernel only for a channels_last gradient (else it copies to NCHW);
-# benchmarks/train_throughput.py's `cat-grad` variant measures it there.
+# Where cat_channels hands back channels_last gradients: the CPU. On an H200 the copies made the step
+# slower (386.7 against 396.3 img/s, benchmarks/train_throughput.py's `cat-grad`; NOTES 69), and CUDA
+# training's up-sampling now reads the gradient slices as they are.
 CAT_GRAD_DEVICES = {"cpu"}
 
 
